@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 
 ## The full benchmark sweep: writes bench-results/ (bench.json, bench.md, PNG plots).
 bench: $(STAMP)
-	$(VENV)/bin/secagg bench --out bench-results
+	$(PY) -m bench.sweep --out bench-results
 
 ## A long fuzzing soak (not in CI).
 soak: $(STAMP)

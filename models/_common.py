@@ -278,10 +278,12 @@ class EncoderBlock(nn.Module):
             ``(B, L, E)`` updated token states.
         """
         x = self.norm1(h)
-        attended, _ = self.attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+        attended: Tensor = self.attn(
+            x, x, x, key_padding_mask=key_padding_mask, need_weights=False
+        )[0]
         h = h + self.dropout(attended)
-        ff_out: Tensor = self.ff(self.norm2(h))
-        return h + self.dropout(ff_out)
+        ff_out: Tensor = self.dropout(self.ff(self.norm2(h)))
+        return h + ff_out
 
 
 class AttentionPooling(nn.Module):

@@ -83,9 +83,7 @@ class TextAttentionClassifier(nn.Module):
         if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
             raise ConfigurationError(f"padding_idx must be an int, got {padding_idx!r}")
         if not 0 <= padding_idx < vocab_size:
-            raise ConfigurationError(
-                f"padding_idx must be in [0, {vocab_size}), got {padding_idx}"
-            )
+            raise ConfigurationError(f"padding_idx must be in [0, {vocab_size}), got {padding_idx}")
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.padding_idx = padding_idx
@@ -106,7 +104,9 @@ class TextAttentionClassifier(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         batch, length = input_ids.shape
         if not 0 < length <= self.max_len:
-            raise ValueError(f"sequence length must be in [1, max_len={self.max_len}], got {length}")
+            raise ValueError(
+                f"sequence length must be in [1, max_len={self.max_len}], got {length}"
+            )
         input_ids = input_ids.long()
         padding = input_ids == self.padding_idx
         positions = position_ids(batch, length, input_ids.device)

@@ -1,0 +1,24 @@
+"""Round protocols and engines: the in-process federation (and Flower, with the extra)."""
+
+from __future__ import annotations
+
+from .aggregation import AggregationBackend, EncryptedBackend, PlaintextBackend
+from .attention import AttentionMap
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .federation import Federation, FederationConfig, RoundMetrics, RunResult
+from .server_opt import ServerOptimizer
+
+__all__ = [
+    "AggregationBackend",
+    "AttentionMap",
+    "Checkpoint",
+    "EncryptedBackend",
+    "Federation",
+    "FederationConfig",
+    "PlaintextBackend",
+    "RoundMetrics",
+    "RunResult",
+    "ServerOptimizer",
+    "load_checkpoint",
+    "save_checkpoint",
+]

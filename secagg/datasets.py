@@ -81,6 +81,39 @@ _MODEL_CLASSES: Mapping[str, str] = MappingProxyType(
 _TEXT_BUCKETS = 4096
 
 
+class _ReadOnlyDict(dict[str, Any]):
+    """A ``dict`` that refuses changes but still pickles (unlike ``MappingProxyType``).
+
+    Parameters
+    ----------
+    *args, **kwargs : Any
+        As for :class:`dict`.
+    """
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        """Raise: the mapping is read-only.
+
+        Raises
+        ------
+        TypeError
+            Always.
+        """
+        raise TypeError("default_model_kwargs is read-only; copy it with dict(...) to change it")
+
+    __setitem__ = _refuse
+    __delitem__ = _refuse
+    __ior__ = _refuse  # type: ignore[assignment,unused-ignore]
+    clear = _refuse
+    pop = _refuse  # type: ignore[assignment,unused-ignore]
+    popitem = _refuse  # type: ignore[assignment,unused-ignore]
+    setdefault = _refuse  # type: ignore[assignment,unused-ignore]
+    update = _refuse  # type: ignore[assignment,unused-ignore]
+
+    def __reduce__(self) -> tuple[type[_ReadOnlyDict], tuple[dict[str, Any]]]:
+        """Pickle as the class applied to a plain copy."""
+        return (type(self), (dict(self),))
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A loaded, split and preprocessed dataset.
@@ -806,7 +839,5 @@ def load_dataset(
         class_names=raw.class_names,
         unit_names=unit_names,
         input_shape=input_shape,
-        default_model_kwargs=MappingProxyType(
-            _model_kwargs(name, raw.kind, num_classes, input_shape)
-        ),
+        default_model_kwargs=_ReadOnlyDict(_model_kwargs(name, raw.kind, num_classes, input_shape)),
     )

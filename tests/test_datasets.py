@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 from collections import Counter
 from functools import cache
 from typing import Any
@@ -320,10 +321,18 @@ def test_default_model_builds_and_runs() -> None:
         assert out.shape == (4, ds.num_classes)
 
 
-def test_dataset_is_frozen() -> None:
-    ds = _load("digits")
+def test_dataset_is_frozen_and_picklable() -> None:
+    ds = _load("german_credit")
     with pytest.raises(AttributeError):
         ds.name = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ds.default_model_kwargs.update(num_classes=3)  # type: ignore[attr-defined]
+    copy: Dataset = pickle.loads(pickle.dumps(ds))
+    assert copy.unit_names == ds.unit_names
+    assert dict(copy.default_model_kwargs) == dict(ds.default_model_kwargs)
+    assert torch.equal(copy.x_train, ds.x_train)
+    with pytest.raises(TypeError):
+        copy.default_model_kwargs["depth"] = 1  # type: ignore[index]
 
 
 def test_raw_digits_match_sklearn() -> None:

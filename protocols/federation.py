@@ -1,0 +1,519 @@
+"""The in-process federation: K clients, T rounds, DP-SGD, CKKS secure aggregation.
+
+Each round: the server samples clients and broadcasts the global weights (bytes);
+sampled clients train with DP-SGD and send encrypted updates (bytes); the
+aggregator sums ciphertexts holding only the server context; the key holder
+releases the flooded weighted mean (bytes); the global model moves only by that
+mean (through the server optimiser) and is evaluated on a held-out test split.
+
+Privacy ledgers follow the release: a skipped round (fewer than ``min_clients``
+updates) discards every pending spend; otherwise the contributors' spending is
+committed *and checkpointed before* the key holder decrypts, so a crash can
+over-count spending but never forget it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..client import PrivateClient, plan_noise_multiplier
+from ..datasets import DATASET_NAMES, Dataset, load_dataset
+from ..errors import (
+    AggregationError,
+    CheckpointError,
+    ConfigurationError,
+    NotEnoughClientsError,
+    PayloadError,
+    PrivacyBudgetExceededError,
+    ReleaseError,
+)
+from ..keys import KeyHolder
+from ..partition import dirichlet_partition
+from ..presets import get_preset
+from .aggregation import (
+    AggregationBackend,
+    EncryptedBackend,
+    PlaintextBackend,
+    state_from_bytes,
+    state_to_bytes,
+)
+from .attention import AttentionMap, federated_attention
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from .local import (
+    LocalClient,
+    NonPrivateClient,
+    derive_seed,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    train_round,
+)
+from .server_opt import SERVER_OPTIMIZERS, ServerOptimizer
+
+__all__ = ["Federation", "FederationConfig", "RoundMetrics", "RunResult"]
+
+KEY_FILE = "keys/secret-context.secagg"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Everything that determines a federated run (and its checkpoint digest).
+
+    Give ``epsilon`` to plan the noise multiplier once for the whole run (every
+    round, every local epoch and the attention release), or ``noise_multiplier``.
+    """
+
+    dataset: str = "digits"
+    clients: int = 10
+    rounds: int = 10
+    fraction: float = 0.5
+    min_clients: int = 2
+    dirichlet_alpha: float | None = 1.0
+    dropout: float = 0.0
+    seed: int = 0
+    he: bool = True
+    dp: bool = True
+    epsilon: float | None = None
+    noise_multiplier: float | None = 1.0
+    clip: float = 1.0
+    delta: float = 1e-5
+    local_epochs: int = 1
+    batch_size: int = 32
+    max_physical_batch_size: int = 64
+    lr: float = 0.01
+    client_optimizer: str = "adam"
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    preset: str = "default"
+    max_examples: int | None = None
+    attention_analysis: bool = True
+    attention_noise_multiplier: float = 2.0
+    model_overrides: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        """Validate every option with a clear :class:`ConfigurationError`."""
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigurationError(f"dataset must be one of {DATASET_NAMES}")
+        if self.clients < 1 or self.rounds < 1 or self.local_epochs < 1:
+            raise ConfigurationError("clients, rounds and local_epochs must be at least 1")
+        if not 0 < self.fraction <= 1:
+            raise ConfigurationError("fraction must be in (0, 1]")
+        if not 1 <= self.min_clients <= self.clients:
+            raise ConfigurationError("min_clients must be between 1 and clients")
+        if self.dirichlet_alpha is not None and self.dirichlet_alpha <= 0:
+            raise ConfigurationError("dirichlet_alpha must be positive (or None for IID)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigurationError("dropout must be in [0, 1)")
+        if self.dp and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigurationError("with DP give exactly one of epsilon or noise_multiplier")
+        if self.clip <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigurationError("clip, batch_size and lr must be positive")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigurationError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}")
+        if self.he:
+            preset = get_preset(self.preset)
+            if self.sampled_per_round > preset.max_clients:
+                raise ConfigurationError(
+                    f"{self.sampled_per_round} clients per round exceed preset "
+                    f"{preset.name!r}'s roster of {preset.max_clients}"
+                )
+
+    @property
+    def sampled_per_round(self) -> int:
+        """Clients sampled each round."""
+        return min(self.clients, max(self.min_clients, round(self.fraction * self.clients)))
+
+    def digest(self) -> str:
+        """SHA-256 of the configuration (checkpoints refuse another run's config)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FederationConfig:
+        """Rebuild from :meth:`to_json` output."""
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigurationError(f"invalid configuration: {exc}") from None
+
+
+@dataclass
+class RoundMetrics:
+    """What one round did and cost."""
+
+    round: int
+    status: str  # "completed", "skipped" or "failed"
+    accuracy: float
+    loss: float
+    epsilon_max: float | None
+    epsilon_mean: float | None
+    delta: float
+    sampled: list[str]
+    contributors: list[str]
+    dropped: list[str]
+    rejected: list[str]
+    bytes_per_client: float
+    seconds: dict[str, float]
+    note: str = ""
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped) run."""
+
+    config: FederationConfig
+    metrics: list[RoundMetrics]
+    global_state: dict[str, torch.Tensor]
+    centralized: dict[str, float] = field(default_factory=dict)
+    attention: AttentionMap | None = None
+
+    @property
+    def final_accuracy(self) -> float:
+        """Test accuracy after the last round."""
+        return self.metrics[-1].accuracy if self.metrics else float("nan")
+
+
+class Federation:
+    """Runs a :class:`FederationConfig` in one process, with checkpoints in ``out_dir``.
+
+    Parameters
+    ----------
+    config : FederationConfig
+        The run's options.
+    out_dir : path-like, optional
+        Where checkpoints and the secret context are kept (needed for ``resume``).
+    on_round : callable, optional
+        Called with each round's :class:`RoundMetrics` (for progress displays).
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        out_dir: str | Path | None = None,
+        on_round: Callable[[RoundMetrics], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.on_round = on_round
+        self.dataset: Dataset = load_dataset(
+            config.dataset, seed=config.seed, max_examples=config.max_examples
+        )
+        labels = self.dataset.y_train.numpy()
+        self.partitions = dirichlet_partition(
+            labels, config.clients, alpha=config.dirichlet_alpha, seed=config.seed, min_size=2
+        )
+        self.client_ids = [f"client-{i:03d}" for i in range(config.clients)]
+        largest = max(len(p) for p in self.partitions)
+        self.weight_bound = float(2 ** math.ceil(math.log2(largest)))
+        torch.manual_seed(config.seed)
+        self.global_model = self.build_model()
+        self.global_state = {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
+        self.noise_multiplier = self._plan_noise()
+        self._batch_generators: list[torch.Generator] = []
+        self.clients = [self._make_client(i) for i in range(config.clients)]
+        self.server_optimizer = ServerOptimizer(config.server_optimizer, lr=config.server_lr)
+        self.keys: KeyHolder | None = None
+        self.backend: AggregationBackend = PlaintextBackend()
+        self.metrics: list[RoundMetrics] = []
+        self.rounds_completed = 0
+        self._attention: AttentionMap | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def build_model(self) -> torch.nn.Module:
+        """The dataset's default model, with ``config.model_overrides`` applied."""
+        model = self.dataset.default_model()
+        overrides = self.config.model_overrides
+        if not overrides:
+            return model
+        kwargs = {**self.dataset.default_model_kwargs, **overrides}
+        try:
+            return type(model)(**kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"invalid model override: {exc}") from None
+
+    def _plan_noise(self) -> float | None:
+        config = self.config
+        if not config.dp:
+            return None
+        if config.noise_multiplier is not None:
+            return config.noise_multiplier
+        assert config.epsilon is not None  # checked in FederationConfig
+        # The worst case: a client sampled every round; its sample rate is the smallest
+        # client's, whose batches are most numerous relative to its size.
+        sample_rate = min(
+            1.0, max(config.batch_size / len(p) for p in self.partitions)
+        )
+        extra = [config.attention_noise_multiplier] if config.attention_analysis else []
+        return plan_noise_multiplier(
+            target_epsilon=config.epsilon,
+            delta=config.delta,
+            sample_rate=sample_rate,
+            rounds=config.rounds,
+            epochs_per_round=config.local_epochs,
+            extra_noise_multipliers=extra,
+        )
+
+    def _make_client(self, index: int) -> LocalClient | PrivateClient:
+        config = self.config
+        idx = torch.as_tensor(self.partitions[index])
+        model = self.build_model()
+        model.load_state_dict(self.global_state)
+        optimizer = make_optimizer(config.client_optimizer, model.parameters(), config.lr)
+        loader = make_loader(
+            self.dataset.x_train[idx],
+            self.dataset.y_train[idx],
+            batch_size=min(config.batch_size, len(idx)),
+            seed=config.seed * 1_000_003 + index,
+        )
+        self._batch_generators.append(loader.generator)
+        if not config.dp:
+            return NonPrivateClient(module=model, optimizer=optimizer, data_loader=loader)
+        assert self.noise_multiplier is not None
+        return PrivateClient(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=config.clip,
+            epochs_per_round=config.local_epochs,
+            delta=config.delta,
+            epsilon_budget=config.epsilon,
+            max_physical_batch_size=config.max_physical_batch_size,
+        )
+
+    def _setup_keys(self, *, resume: bool) -> None:
+        if not self.config.he:
+            self.backend = PlaintextBackend()
+            return
+        key_path = self.out_dir / KEY_FILE if self.out_dir is not None else None
+        if resume and key_path is not None and key_path.exists():
+            self.keys = KeyHolder.load(key_path)
+        else:
+            self.keys = KeyHolder.generate(self.config.preset)
+            if key_path is not None:
+                self.keys.save(key_path)
+        self.backend = EncryptedBackend(self.keys)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """Where the checkpoint lives (``None`` without an output directory)."""
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    def _ledgers(self) -> dict[str, dict[str, Any]]:
+        return {
+            cid: client.state_dict()  # type: ignore[union-attr]
+            for cid, client in zip(self.client_ids, self.clients, strict=True)
+        }
+
+    def write_checkpoint(self, rounds_completed: int, **extra: Any) -> None:
+        path = self.checkpoint_path
+        if path is None:
+            return
+        save_checkpoint(
+            path,
+            Checkpoint(
+                config_digest=self.config.digest(),
+                rounds_completed=rounds_completed,
+                global_state=self.global_state,
+                server_optimizer=self.server_optimizer.state_dict(),
+                ledgers=self._ledgers(),
+                metrics=[asdict(m) for m in self.metrics],
+                extra={
+                    **extra,
+                    "attention": asdict(self._attention) if self._attention else None,
+                },
+            ),
+        )
+
+    def _restore(self) -> None:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            raise CheckpointError("nothing to resume: no checkpoint in the output directory")
+        checkpoint = load_checkpoint(path, config_digest=self.config.digest())
+        self.global_state = checkpoint.global_state
+        self.server_optimizer.load_state_dict(checkpoint.server_optimizer)
+        for cid, client in zip(self.client_ids, self.clients, strict=True):
+            client.load_state_dict(checkpoint.ledgers[cid])  # type: ignore[union-attr]
+        self.metrics = [RoundMetrics(**m) for m in checkpoint.metrics]
+        self.rounds_completed = checkpoint.rounds_completed
+        saved = checkpoint.extra.get("attention")
+        if saved:
+            self._attention = AttentionMap(
+                unit_names=tuple(saved["unit_names"]),
+                weights=tuple(saved["weights"]),
+                contributors=tuple(saved["contributors"]),
+                noise_multiplier=saved["noise_multiplier"],
+                note=saved["note"],
+            )
+
+    # ------------------------------------------------------------------ the run
+    def run(self, *, resume: bool = False, stop_after: int | None = None) -> RunResult:
+        """Run (or resume) the federation.
+
+        Parameters
+        ----------
+        resume : bool
+            Continue from the checkpoint in ``out_dir``.
+        stop_after : int, optional
+            Stop after this many completed rounds (for tests and staged runs).
+        """
+        self._setup_keys(resume=resume)
+        if resume:
+            self._restore()
+        else:
+            self.write_checkpoint(0)
+        last = self.config.rounds if stop_after is None else min(stop_after, self.config.rounds)
+        for round_id in range(self.rounds_completed + 1, last + 1):
+            metrics = self._round(round_id)
+            self.metrics.append(metrics)
+            self.rounds_completed = round_id
+            self.write_checkpoint(round_id)
+            if self.on_round is not None:
+                self.on_round(metrics)
+        attention = self._attention
+        if (
+            attention is None
+            and self.config.attention_analysis
+            and self.rounds_completed == self.config.rounds
+        ):
+            attention = federated_attention(self)
+            self._attention = attention
+            self.write_checkpoint(self.rounds_completed)
+        return RunResult(self.config, self.metrics, self.global_state, attention=attention)
+
+    def _round(self, round_id: int) -> RoundMetrics:
+        config = self.config
+        rng = np.random.default_rng([config.seed, round_id])
+        chosen = np.sort(rng.choice(config.clients, size=config.sampled_per_round, replace=False))
+        dropout_draws = rng.random(len(chosen))
+        roster = [self.client_ids[i] for i in chosen]
+        dropped = [cid for cid, d in zip(roster, dropout_draws, strict=True) if d < config.dropout]
+        broadcast = state_to_bytes(self.global_state)
+        seconds = {"train": 0.0, "encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
+        payloads: list[bytes] = []
+        pending: list[int] = []
+        declined: list[str] = []
+        for index, cid in zip(chosen.tolist(), roster, strict=True):
+            client = self.clients[index]
+            # Every random draw of a round derives from (seed, round, client): a resumed
+            # run draws exactly what the uninterrupted run would have.
+            torch.manual_seed(derive_seed(config.seed, round_id, index))
+            self._batch_generators[index].manual_seed(derive_seed(config.seed, round_id, index, 1))
+            start = time.perf_counter()
+            try:
+                train_round(client, state_from_bytes(broadcast))
+            except PrivacyBudgetExceededError:
+                declined.append(cid)
+                continue
+            seconds["train"] += time.perf_counter() - start
+            pending.append(index)
+            start = time.perf_counter()
+            payload = self.backend.client_payload(
+                client.model_update(),
+                weight=float(client.num_examples),
+                weight_bound=self.weight_bound,
+                round_id=round_id,
+                client_id=cid,
+                roster=roster,
+            )
+            seconds["encrypt"] += time.perf_counter() - start
+            if cid in dropped:
+                # Half the dropouts die before uploading, half are killed mid-upload.
+                if dropout_draws[roster.index(cid)] < config.dropout / 2:
+                    payloads.append(payload[: len(payload) // 2])
+                continue
+            payloads.append(payload)
+
+        start = time.perf_counter()
+        server = self.backend.server(
+            round_id=round_id, roster=roster, min_clients=config.min_clients
+        )
+        rejected: list[str] = []
+        for payload in payloads:
+            try:
+                server.add(payload)
+            except (PayloadError, AggregationError) as exc:
+                rejected.append(f"{type(exc).__name__}: {exc}")
+        contributors = list(server.contributors)
+        try:
+            aggregate = server.finalize()
+        except NotEnoughClientsError as exc:
+            for index in pending:
+                self.clients[index].discard_round()
+            seconds["aggregate"] += time.perf_counter() - start
+            return self._metrics(round_id, "skipped", roster, contributors, dropped, rejected,
+                                 payloads, seconds, note=str(exc))
+        seconds["aggregate"] += time.perf_counter() - start
+
+        for index in pending:
+            if self.client_ids[index] in contributors:
+                self.clients[index].commit_round()
+            else:
+                self.clients[index].discard_round()
+        # Write-ahead: the spending is on disk before anything is decrypted.
+        self.write_checkpoint(round_id - 1, releasing_round=round_id)
+        start = time.perf_counter()
+        try:
+            released = self.backend.release(aggregate)
+        except ReleaseError as exc:
+            seconds["decrypt"] += time.perf_counter() - start
+            return self._metrics(round_id, "failed", roster, contributors, dropped, rejected,
+                                 payloads, seconds, note=str(exc))
+        seconds["decrypt"] += time.perf_counter() - start
+        self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
+        return self._metrics(round_id, "completed", roster, contributors, dropped, rejected,
+                             payloads, seconds, note="; ".join(declined and
+                             [f"over budget: {', '.join(declined)}"]))
+
+    def _metrics(
+        self,
+        round_id: int,
+        status: str,
+        roster: list[str],
+        contributors: list[str],
+        dropped: list[str],
+        rejected: list[str],
+        payloads: list[bytes],
+        seconds: dict[str, float],
+        *,
+        note: str = "",
+    ) -> RoundMetrics:
+        self.global_model.load_state_dict(self.global_state)
+        accuracy, loss = evaluate(self.global_model, self.dataset.x_test, self.dataset.y_test)
+        epsilons = [c.epsilon() for c in self.clients]
+        finite = self.config.dp
+        return RoundMetrics(
+            round=round_id,
+            status=status,
+            accuracy=accuracy,
+            loss=loss,
+            epsilon_max=max(epsilons) if finite else None,
+            epsilon_mean=float(np.mean(epsilons)) if finite else None,
+            delta=self.config.delta,
+            sampled=roster,
+            contributors=contributors,
+            dropped=dropped,
+            rejected=rejected,
+            bytes_per_client=float(np.mean([len(p) for p in payloads])) if payloads else 0.0,
+            seconds=seconds,
+            note=note,
+        )
+
+    def with_config(self, **changes: Any) -> FederationConfig:
+        """A copy of this run's configuration with ``changes`` applied."""
+        return replace(self.config, **changes)

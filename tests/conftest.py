@@ -1,0 +1,23 @@
+"""Shared fixtures and collection policy for the secagg test suite."""
+
+from __future__ import annotations
+
+import pytest
+
+import secagg
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``soak``-marked tests unless the run selects them with ``-m soak``."""
+    if "soak" in (config.getoption("markexpr", default="") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with `-m soak` (make soak)")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def keys() -> secagg.KeyHolder:
+    """One default-preset key holder shared by the session (do not spend its budget)."""
+    return secagg.KeyHolder.generate()

@@ -1,0 +1,164 @@
+"""The in-process federation: determinism, HE vs plaintext, dropouts, ledgers, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from secagg.errors import CheckpointError, ConfigurationError
+from secagg.protocols import Federation, FederationConfig, load_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
+
+
+def tiny(**changes: Any) -> FederationConfig:
+    base = FederationConfig(
+        dataset="digits",
+        clients=4,
+        rounds=2,
+        fraction=0.75,
+        min_clients=2,
+        max_examples=300,
+        batch_size=32,
+        lr=0.5,
+        client_optimizer="sgd",
+        model_overrides=TINY_MODEL,
+        attention_analysis=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_same_seed_gives_same_metrics_without_he_and_dp() -> None:
+    config = tiny(he=False, dp=False, noise_multiplier=None)
+    first = Federation(config).run()
+    second = Federation(config).run()
+    assert [m.accuracy for m in first.metrics] == [m.accuracy for m in second.metrics]
+    assert [m.loss for m in first.metrics] == [m.loss for m in second.metrics]
+    assert _weights_close(first.global_state, second.global_state) == 0.0
+    other = Federation(dataclasses.replace(config, seed=1)).run()
+    assert _weights_close(first.global_state, other.global_state) > 0.0
+
+
+def test_he_matches_plaintext_within_flooding_tolerance() -> None:
+    plain_config = tiny(he=False, dp=False, noise_multiplier=None, rounds=1)
+    plain = Federation(plain_config).run()
+    federation = Federation(dataclasses.replace(plain_config, he=True))
+    encrypted = federation.run()
+    assert federation.keys is not None
+    contributors = len(encrypted.metrics[0].contributors)
+    # The released mean differs from the exact one by the flooding noise divided by the
+    # weight sum (>= contributors x smallest normalised weight); 8 sigma over ~10k weights.
+    smallest = min(len(p) for p in federation.partitions) / federation.weight_bound
+    tolerance = 8 * federation.keys.flooding_std(contributors) / (contributors * smallest)
+    difference = _weights_close(plain.global_state, encrypted.global_state)
+    assert 0.0 < difference < tolerance
+    assert abs(plain.final_accuracy - encrypted.final_accuracy) <= 0.05
+
+
+def test_dp_run_reports_growing_epsilon_per_round() -> None:
+    result = Federation(tiny(rounds=3, fraction=1.0, noise_multiplier=1.0)).run()
+    eps = [m.epsilon_max for m in result.metrics]
+    assert all(e is not None for e in eps)
+    assert eps[0] > 0 and eps == sorted(eps) and eps[-1] > eps[0]
+
+
+def test_skipped_round_leaves_model_and_ledgers_unchanged() -> None:
+    # 4 clients sampled, 3 needed, 90% dropout: round 1 cannot complete.
+    config = tiny(fraction=1.0, min_clients=3, dropout=0.9, rounds=1, seed=3)
+    federation = Federation(config)
+    before = {k: v.clone() for k, v in federation.global_state.items()}
+    result = federation.run()
+    metrics = result.metrics[0]
+    assert metrics.status == "skipped"
+    assert len(metrics.dropped) >= 2
+    assert _weights_close(before, result.global_state) == 0.0
+    assert all(client.epsilon() == 0.0 for client in federation.clients)
+
+
+def test_truncated_uploads_are_rejected_and_the_round_goes_on() -> None:
+    config = tiny(fraction=1.0, clients=6, min_clients=2, dropout=0.5, rounds=2, seed=5)
+    result = Federation(config).run()
+    rejected = [r for m in result.metrics for r in m.rejected]
+    assert any(r.startswith("FormatError") for r in rejected)
+    assert any(m.status == "completed" for m in result.metrics)
+
+
+def test_resume_continues_without_losing_rounds_or_privacy(tmp_path: Path) -> None:
+    config = tiny(rounds=3, he=False, noise_multiplier=1.0, fraction=1.0)
+    uninterrupted = Federation(config).run()
+
+    first = Federation(config, out_dir=tmp_path)
+    first.run(stop_after=1)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.secagg", config_digest=config.digest())
+    assert checkpoint.rounds_completed == 1
+    resumed = Federation(config, out_dir=tmp_path).run(resume=True)
+
+    assert [m.round for m in resumed.metrics] == [1, 2, 3]
+    assert [m.epsilon_max for m in resumed.metrics] == pytest.approx(
+        [m.epsilon_max for m in uninterrupted.metrics]
+    )
+    assert _weights_close(uninterrupted.global_state, resumed.global_state) < 1e-9
+
+
+def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
+    config = tiny(rounds=1, he=False, dp=False, noise_multiplier=None)
+    Federation(config, out_dir=tmp_path).run()
+    other = dataclasses.replace(config, seed=9)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        Federation(other, out_dir=tmp_path).run(resume=True)
+
+
+def test_attention_analysis_is_dp_noised_and_counted_in_the_ledger() -> None:
+    config = tiny(rounds=1, fraction=1.0, attention_analysis=True, noise_multiplier=1.0)
+    federation = Federation(config)
+    result = federation.run()
+    attention = result.attention
+    assert attention is not None and attention.weights
+    assert len(attention.weights) == len(federation.dataset.unit_names)
+    assert attention.noise_multiplier == config.attention_noise_multiplier
+    ledger = federation.clients[0].accountant.history  # type: ignore[union-attr]
+    assert (config.attention_noise_multiplier, 1.0, 1) in [tuple(h) for h in ledger]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"clients": 0},
+        {"fraction": 0.0},
+        {"min_clients": 9},
+        {"dropout": 1.0},
+        {"dirichlet_alpha": -1.0},
+        {"epsilon": 3.0},  # both epsilon and noise_multiplier
+        {"dataset": "nope"},
+        {"server_optimizer": "sgd"},
+    ],
+)
+def test_invalid_configuration_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        tiny(**changes)
+
+
+def test_epsilon_target_plans_sigma_once_for_the_whole_run() -> None:
+    config = tiny(rounds=2, fraction=1.0, noise_multiplier=None, epsilon=8.0)
+    federation = Federation(config)
+    result = federation.run()
+    assert federation.noise_multiplier is not None and federation.noise_multiplier > 0
+    assert max(m.epsilon_max or 0.0 for m in result.metrics) <= 8.0
