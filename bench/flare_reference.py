@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -86,7 +87,12 @@ def layout_of(update: Mapping[str, Any]) -> Layout:
     Layout
         One ``(name, shape)`` pair per layer.
     """
-    return tuple((name, tuple(int(d) for d in np.shape(value))) for name, value in update.items())
+    return tuple((name, _shape(value)) for name, value in update.items())
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    shape = value.shape if hasattr(value, "shape") else np.shape(value)
+    return tuple(int(d) for d in shape)
 
 
 @contextlib.contextmanager
@@ -178,7 +184,9 @@ class FlareStyleHE:
         from C++ for every layer longer than the slot count (default ``True``).
     """
 
-    def __init__(self, parameters: FlareParameters = FLARE_PARAMETERS, *, quiet: bool = True) -> None:
+    def __init__(
+        self, parameters: FlareParameters = FLARE_PARAMETERS, *, quiet: bool = True
+    ) -> None:
         self.parameters = parameters
         self.quiet = quiet
         context = ts.context(
@@ -223,7 +231,7 @@ class FlareStyleHE:
         int
             ``Σ ceil(layer size / slots)``.
         """
-        return sum(max(1, -(-int(np.prod(shape)) // self.slots)) for _, shape in layout)
+        return sum(max(1, -(-math.prod(shape) // self.slots)) for _, shape in layout)
 
     def encrypt(self, update: Mapping[str, Any], weight: float = 1.0) -> list[bytes]:
         """Weight each layer in plaintext, encrypt it as one ``ckks_vector`` and serialize it.
@@ -241,7 +249,7 @@ class FlareStyleHE:
             One serialized vector per layer, in the update's order.
         """
         quiet = self.quiet and any(
-            np.size(value) > self.slots for value in update.values()
+            math.prod(_shape(value)) > self.slots for value in update.values()
         )
         guard = _quiet_native_stdout() if quiet else contextlib.nullcontext()
         payload: list[bytes] = []

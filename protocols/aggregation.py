@@ -128,7 +128,9 @@ class EncryptedBackend:
     def server(self, *, round_id: int, roster: Sequence[str], min_clients: int) -> RoundServer:
         """An :class:`secagg.Aggregator` holding only the server context bytes."""
         return _EncryptedRoundServer(
-            Aggregator(self._server_context, round_id=round_id, roster=roster, min_clients=min_clients)
+            Aggregator(
+                self._server_context, round_id=round_id, roster=roster, min_clients=min_clients
+            )
         )
 
     def release(self, aggregate: bytes) -> Released:

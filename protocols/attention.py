@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AttentionMap", "federated_attention"]
 
-ROUND_ID = 0  # round 0 is reserved for the analysis; training rounds start at 1
-
 
 @dataclass(frozen=True)
 class AttentionMap:
@@ -63,6 +61,7 @@ def federated_attention(federation: Federation) -> AttentionMap:
     """Run the analysis round on every client with the final global model."""
     config = federation.config
     dataset = federation.dataset
+    round_id = config.rounds + 1  # the analysis is the round after the last training round
     roster = list(federation.client_ids)
     sigma = config.attention_noise_multiplier if config.dp else None
     payloads: list[bytes] = []
@@ -86,13 +85,13 @@ def federated_attention(federation: Federation) -> AttentionMap:
                 {"attention": mean},
                 weight=float(len(idx)),
                 weight_bound=federation.weight_bound,
-                round_id=ROUND_ID,
+                round_id=round_id,
                 client_id=cid,
                 roster=roster,
             )
         )
     server = federation.backend.server(
-        round_id=ROUND_ID, roster=roster, min_clients=config.min_clients
+        round_id=round_id, roster=roster, min_clients=config.min_clients
     )
     for payload in payloads:
         try:

@@ -221,7 +221,9 @@ class Federation:
         self.weight_bound = float(2 ** math.ceil(math.log2(largest)))
         torch.manual_seed(config.seed)
         self.global_model = self.build_model()
-        self.global_state = {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
+        self.global_state = {
+            k: v.detach().clone() for k, v in self.global_model.state_dict().items()
+        }
         self.noise_multiplier = self._plan_noise()
         self._batch_generators: list[torch.Generator] = []
         self.clients = [self._make_client(i) for i in range(config.clients)]
@@ -254,9 +256,7 @@ class Federation:
         assert config.epsilon is not None  # checked in FederationConfig
         # The worst case: a client sampled every round; its sample rate is the smallest
         # client's, whose batches are most numerous relative to its size.
-        sample_rate = min(
-            1.0, max(config.batch_size / len(p) for p in self.partitions)
-        )
+        sample_rate = min(1.0, max(config.batch_size / len(p) for p in self.partitions))
         extra = [config.attention_noise_multiplier] if config.attention_analysis else []
         return plan_noise_multiplier(
             target_epsilon=config.epsilon,
@@ -303,7 +303,7 @@ class Federation:
         if resume and key_path is not None and key_path.exists():
             self.keys = KeyHolder.load(key_path)
         else:
-            self.keys = KeyHolder.generate(self.config.preset)
+            self.keys = KeyHolder.generate(self.config.preset, min_clients=self.config.min_clients)
             if key_path is not None:
                 self.keys.save(key_path)
         self.backend = EncryptedBackend(self.keys)
@@ -456,8 +456,17 @@ class Federation:
             for index in pending:
                 self.clients[index].discard_round()
             seconds["aggregate"] += time.perf_counter() - start
-            return self._metrics(round_id, "skipped", roster, contributors, dropped, rejected,
-                                 payloads, seconds, note=str(exc))
+            return self._metrics(
+                round_id,
+                "skipped",
+                roster,
+                contributors,
+                dropped,
+                rejected,
+                payloads,
+                seconds,
+                note=str(exc),
+            )
         seconds["aggregate"] += time.perf_counter() - start
 
         for index in pending:
@@ -472,13 +481,30 @@ class Federation:
             released = self.backend.release(aggregate)
         except ReleaseError as exc:
             seconds["decrypt"] += time.perf_counter() - start
-            return self._metrics(round_id, "failed", roster, contributors, dropped, rejected,
-                                 payloads, seconds, note=str(exc))
+            return self._metrics(
+                round_id,
+                "failed",
+                roster,
+                contributors,
+                dropped,
+                rejected,
+                payloads,
+                seconds,
+                note=str(exc),
+            )
         seconds["decrypt"] += time.perf_counter() - start
         self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
-        return self._metrics(round_id, "completed", roster, contributors, dropped, rejected,
-                             payloads, seconds, note="; ".join(declined and
-                             [f"over budget: {', '.join(declined)}"]))
+        return self._metrics(
+            round_id,
+            "completed",
+            roster,
+            contributors,
+            dropped,
+            rejected,
+            payloads,
+            seconds,
+            note="; ".join(declined and [f"over budget: {', '.join(declined)}"]),
+        )
 
     def _metrics(
         self,

@@ -120,14 +120,10 @@ def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     raise ConfigurationError(f"client optimizer must be 'sgd' or 'adam', not {name!r}")
 
 
-def make_loader(
-    x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int
-) -> DataLoader[Any]:
+def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int) -> DataLoader[Any]:
     """A shuffling loader with its own seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator
-    )
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
 
 
 def train_round(

@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import errors
 from .aggregate import Aggregator, EncryptedAggregate
+from .client import PrivateClient, plan_noise_multiplier
 from .context import ServerContext
 from .keys import KeyHolder
 from .presets import PRESETS, Preset, get_preset
@@ -38,6 +39,7 @@ __all__ = [
     "EncryptedUpdate",
     "KeyHolder",
     "Preset",
+    "PrivateClient",
     "ReleasedAggregate",
     "ServerContext",
     "UpdateSpec",
@@ -46,5 +48,6 @@ __all__ = [
     "errors",
     "flatten_update",
     "get_preset",
+    "plan_noise_multiplier",
     "unflatten_update",
 ]

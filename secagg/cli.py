@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import SecaggError
+from .errors import ConfigurationError, SecaggError
 
 __all__ = ["main"]
 
 _DEFAULTS = {
-    "dataset": "digits",
+    "dataset": "mnist",
     "clients": 10,
     "rounds": 12,
 }
@@ -38,7 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run an in-process federation: DP-SGD clients, encrypted updates, "
         "a key-less aggregator and a key holder that releases only the flooded mean.",
     )
-    run.add_argument("--dataset", help="bundled dataset (default: digits)")
+    run.add_argument("--dataset", help="bundled dataset (default: mnist)")
     run.add_argument("--clients", type=int, help="number of clients K (default 10)")
     run.add_argument("--rounds", type=int, help="number of rounds T (default 12)")
     run.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
@@ -62,6 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server-lr", type=float, help="server learning rate")
     run.add_argument("--preset", help="CKKS parameter preset (default: default)")
     run.add_argument("--max-examples", type=int, help="subsample the dataset (faster runs)")
+    run.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="NAME=INT",
+        help="override a default-model constructor argument, e.g. embed_dim=16 (repeatable)",
+    )
     run.add_argument("--no-he", action="store_true", help="plaintext aggregation (baseline)")
     run.add_argument("--no-dp", action="store_true", help="no DP-SGD (baseline)")
     run.add_argument("--no-attention", action="store_true", help="skip the attention analysis")
@@ -122,6 +129,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if args.dirichlet_alpha is not None:
         alpha = args.dirichlet_alpha
         values["dirichlet_alpha"] = None if alpha.lower() == "iid" else float(alpha)
+    if args.model_arg:
+        values["model_overrides"] = dict(_parse_model_arg(a) for a in args.model_arg)
     values["he"] = not args.no_he
     values["dp"] = not args.no_dp
     values["attention_analysis"] = not args.no_attention
@@ -134,6 +143,13 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         values["noise_multiplier"] = None
         values["epsilon"] = None
     return FederationConfig(**values)
+
+
+def _parse_model_arg(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or not value.lstrip("-").isdigit():
+        raise ConfigurationError(f"--model-arg expects NAME=INT, got {text!r}")
+    return name, int(value)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -161,7 +177,9 @@ def _run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config.to_json(), indent=2))
 
-    mode = f"{'CKKS ' + config.preset if config.he else 'plaintext'}, {'DP' if config.dp else 'no DP'}"
+    mode = (
+        f"{'CKKS ' + config.preset if config.he else 'plaintext'}, {'DP' if config.dp else 'no DP'}"
+    )
     console.print(
         f"[bold]secagg run[/bold] {config.dataset}: {config.clients} clients, "
         f"{config.rounds} rounds, {mode} → {out_dir}"
@@ -226,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     warnings.filterwarnings("ignore", module="opacus")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     try:
         return _run(args)
     except SecaggError as exc:

@@ -237,7 +237,9 @@ class PrivateClient:
         with torch.no_grad():
             self.module.load_state_dict(dict(global_state), strict=True)
         self._global = {
-            name: p.detach().clone() for name, p in self.module.named_parameters() if p.requires_grad
+            name: p.detach().clone()
+            for name, p in self.module.named_parameters()
+            if p.requires_grad
         }
 
     @contextlib.contextmanager

@@ -70,7 +70,7 @@ class ServerContext:
         except FormatError as exc:
             raise ContextError(str(exc)) from None
         parms = parameters_from_bytes(frame.chunks[0])
-        _check_parameters_match(parms, preset)
+        check_parameters_match(parms, preset)
         return cls(preset, fingerprint, context_from_parameters(parms), frame.chunks[0])
 
     def to_bytes(self) -> bytes:
@@ -102,14 +102,19 @@ def preset_to_header(preset: Preset) -> dict[str, Any]:
 def _preset_from_header(data: dict[str, Any]) -> Preset:
     try:
         name = field(data, "name", str)
+        bits = field(data, "coeff_bits", list)
+        if not all(type(b) is int for b in bits):
+            raise ContextError("coeff_bits must be a list of integers")
         preset = Preset(
             name,
             field(data, "poly_modulus_degree", int),
-            tuple(int(b) for b in field(data, "coeff_bits", list)),
+            tuple(bits),
             field(data, "scale_bits", int),
             field(data, "roster_slots", int),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ContextError):
+            raise
         raise ContextError(f"invalid preset description: {exc}") from None
     known = PRESETS.get(name)
     if known is not None and known != preset:
@@ -117,7 +122,7 @@ def _preset_from_header(data: dict[str, Any]) -> Preset:
     return preset
 
 
-def _check_parameters_match(parms: Any, preset: Preset) -> None:
+def check_parameters_match(parms: Any, preset: Preset) -> None:
     if parms.poly_modulus_degree() != preset.poly_modulus_degree:
         raise ContextError("CKKS parameters do not match the declared preset")
     bits = tuple(m.bit_count() for m in parms.coeff_modulus())

@@ -22,7 +22,8 @@ bad input also derive from :class:`ValueError`, so callers that already catch
     │   └── NotEnoughClientsError
     ├── ReleaseError                          the key holder refused to decrypt
     │   ├── DecryptionBudgetExceededError     rotate the keys
-    │   └── RosterError (ValueError)          too few or duplicated contributions
+    │   ├── RoundAlreadyReleasedError         one release per round id, ever
+    │   └── RosterError (ValueError)          too few, duplicated or mixed contributions
     ├── PrivacyBudgetExceededError            a DP round would pass the ε budget
     ├── CheckpointError                       missing, corrupted or foreign checkpoint
     ├── DatasetUnavailableError               a dataset carrier package is not installed
@@ -46,6 +47,7 @@ __all__ = [
     "PrivacyBudgetExceededError",
     "ReleaseError",
     "RosterError",
+    "RoundAlreadyReleasedError",
     "RoundMismatchError",
     "SecaggError",
     "SecretKeyExposureError",
@@ -118,6 +120,10 @@ class ReleaseError(SecaggError):
 
 class DecryptionBudgetExceededError(ReleaseError):
     """The key's decryption budget is spent: rotate the keys before decrypting again."""
+
+
+class RoundAlreadyReleasedError(ReleaseError):
+    """An aggregate for a round id this key already released (or an older one)."""
 
 
 class RosterError(ReleaseError, ValueError):

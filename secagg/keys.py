@@ -10,18 +10,25 @@ from typing import Any
 import numpy as np
 
 from ._files import atomic_write_bytes
-from ._seal import SealSession, parameters_for, parameters_to_bytes
+from ._seal import SealSession, parameters_for, parameters_from_bytes, parameters_to_bytes
 from .aggregate import EncryptedAggregate
-from .context import _preset_from_header, preset_to_header, server_context_bytes
+from .context import (
+    _preset_from_header,
+    check_parameters_match,
+    preset_to_header,
+    server_context_bytes,
+)
 from .errors import (
     ConfigurationError,
     ContextError,
     DecryptionBudgetExceededError,
     FormatError,
     KeyMismatchError,
+    ReleaseError,
+    RoundAlreadyReleasedError,
 )
 from .presets import Preset, get_preset
-from .release import ReleasedAggregate, check_roster, flooding_std, secure_gaussian
+from .release import ReleasedAggregate, check_integrity, flooding_std, secure_gaussian
 from .spec import unflatten_update
 from .wire import MAGIC_KEY, MAGIC_SERVER_CONTEXT, field, pack_frame, unpack_frame
 
@@ -29,6 +36,9 @@ __all__ = ["KeyHolder"]
 
 DEFAULT_DECRYPTION_BUDGET = 1 << 16
 DEFAULT_STATISTICAL_SECURITY = 30
+DEFAULT_MIN_CLIENTS = 2
+# A flooded weight sum must stand this many flooding deviations above zero.
+_MIN_WEIGHT_SUM_SIGMAS = 10.0
 
 
 class KeyHolder:
@@ -51,12 +61,16 @@ class KeyHolder:
         decryption_budget: int,
         decryptions_used: int,
         statistical_security: int,
+        min_clients: int = DEFAULT_MIN_CLIENTS,
+        last_released_round: int = -1,
     ) -> None:
         self._session = session
         self._fingerprint = fingerprint
         self.decryption_budget = decryption_budget
         self.decryptions_used = decryptions_used
         self.statistical_security = statistical_security
+        self.min_clients = min_clients
+        self.last_released_round = last_released_round
         self._path: Path | None = None
 
     # ------------------------------------------------------------------ creation
@@ -67,6 +81,7 @@ class KeyHolder:
         *,
         decryption_budget: int = DEFAULT_DECRYPTION_BUDGET,
         statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
+        min_clients: int = DEFAULT_MIN_CLIENTS,
     ) -> KeyHolder:
         """Generate a fresh secret key under a named parameter preset.
 
@@ -79,12 +94,17 @@ class KeyHolder:
             flooding noise grows with its square root. Default 65,536.
         statistical_security : int, optional
             Statistical security ``s`` of the flooding, in bits (at least 30).
+        min_clients : int, optional
+            The key holder's own policy: never release a sum of fewer distinct clients,
+            whatever the server asks (default 2).
         """
         chosen = get_preset(preset)
         if decryption_budget < 1:
             raise ConfigurationError("decryption_budget must be at least 1")
         if statistical_security < 30:
             raise ConfigurationError("statistical_security below 30 bits is not supported")
+        if not 1 <= min_clients <= chosen.max_clients:
+            raise ConfigurationError(f"min_clients must be in [1, {chosen.max_clients}]")
         parms_bytes = parameters_to_bytes(parameters_for(chosen))
         session = SealSession(chosen, parms_bytes, None)
         return cls(
@@ -93,6 +113,7 @@ class KeyHolder:
             decryption_budget=decryption_budget,
             decryptions_used=0,
             statistical_security=statistical_security,
+            min_clients=min_clients,
         )
 
     # ------------------------------------------------------------------ properties
@@ -141,6 +162,8 @@ class KeyHolder:
             "decryption_budget": self.decryption_budget,
             "decryptions_used": self.decryptions_used,
             "statistical_security": self.statistical_security,
+            "min_clients": self.min_clients,
+            "last_released_round": self.last_released_round,
         }
         chunks = [self._session.parms_bytes, self._session.secret_key_bytes()]
         return pack_frame(MAGIC_KEY, header, chunks)
@@ -165,10 +188,19 @@ class KeyHolder:
             budget = field(header, "decryption_budget", int)
             used = field(header, "decryptions_used", int)
             security = field(header, "statistical_security", int)
+            min_clients = field(header, "min_clients", int)
+            last_round = field(header, "last_released_round", int)
         except FormatError as exc:
             raise ContextError(f"not a secagg secret context: {exc}") from None
-        if len(frame.chunks) != 2 or not used >= 0 or budget < 1 or security < 30:
+        if (
+            len(frame.chunks) != 2
+            or not 0 <= used <= budget
+            or security < 30
+            or not 1 <= min_clients <= preset.max_clients
+            or last_round < -1
+        ):
             raise ContextError("secret context has inconsistent fields")
+        check_parameters_match(parameters_from_bytes(frame.chunks[0]), preset)
         session = SealSession(preset, frame.chunks[0], frame.chunks[1])
         holder = cls(
             session,
@@ -176,6 +208,8 @@ class KeyHolder:
             decryption_budget=budget,
             decryptions_used=used,
             statistical_security=security,
+            min_clients=min_clients,
+            last_released_round=last_round,
         )
         if _fingerprint(session) != fingerprint:
             raise ContextError("secret key does not match its recorded fingerprint")
@@ -212,22 +246,30 @@ class KeyHolder:
     def release(
         self, aggregate: EncryptedAggregate | bytes, *, min_clients: int | None = None
     ) -> ReleasedAggregate:
-        """Decrypt an aggregate, check its rosters, and release the flooded weighted mean.
+        """Decrypt an aggregate, check its integrity, and release the flooded weighted mean.
+
+        The key holder releases at most one aggregate per round id, in increasing
+        order, and never a sum of fewer distinct clients than the largest of its own
+        ``min_clients`` policy, the aggregate's, and the argument.
 
         Parameters
         ----------
         aggregate : EncryptedAggregate or bytes
             The server's encrypted sum (or its serialized form).
         min_clients : int, optional
-            Fewest distinct contributions to release; defaults to the aggregate's own
-            ``min_clients`` (never lower than 1).
+            Raise the threshold of distinct contributions for this release.
 
         Raises
         ------
         DecryptionBudgetExceededError
             If releasing would pass the key's decryption budget; rotate the keys.
+        RoundAlreadyReleasedError
+            If this round id (or a later one) was already released under this key.
         RosterError
-            If the encrypted rosters show too few or duplicated contributions.
+            If the encrypted header slots show too few, duplicated or mixed contributions.
+        ReleaseError
+            If the flooded weight sum is too small to divide by (raise ``weight_bound``
+            tightness: a smaller public bound gives larger normalised weights).
         KeyMismatchError
             If the aggregate was made under another key.
         """
@@ -241,25 +283,40 @@ class KeyHolder:
                 f"releasing needs {needed} decryptions but only {self.decryptions_left} of "
                 f"{self.decryption_budget} are left; rotate the keys (KeyHolder.generate)"
             )
-        threshold = max(1, aggregate.min_clients if min_clients is None else min_clients)
-        # Spend the budget first (and persist it): a crash can waste budget, never reuse it.
+        if aggregate.round_id <= self.last_released_round:
+            raise RoundAlreadyReleasedError(
+                f"round {aggregate.round_id} is not after the last released round "
+                f"{self.last_released_round}: one release per round, in order"
+            )
+        threshold = max(self.min_clients, aggregate.min_clients, min_clients or 1)
+        # Spend the budget and the round first (and persist them): a crash can waste
+        # budget, never reuse it.
         self.decryptions_used += needed
+        self.last_released_round = aggregate.round_id
         if self._path is not None:
             atomic_write_bytes(self._path, self.to_bytes(), mode=0o600)
         preset = self.preset
+        contributors = len(aggregate.contributors)
         plain = np.stack([self._session.decrypt(ct) for ct in aggregate.ciphertexts])
-        check_roster(
-            plain[:, : preset.roster_slots],
-            plain[:, preset.roster_slots],
+        check_integrity(
+            plain,
+            preset,
             roster=aggregate.roster,
             contributors=aggregate.contributors,
             min_clients=threshold,
+            round_id=aggregate.round_id,
+            tolerance=4 * preset.noise_bound(contributors),
         )
-        sigma = self.flooding_std(len(aggregate.contributors))
+        sigma = self.flooding_std(contributors)
         numel = aggregate.spec.numel
         values = plain[:, preset.header_slots :].reshape(-1)[:numel]
         flooded = values + sigma * secure_gaussian(numel)
         weight_sum = float(plain[0, preset.roster_slots] + sigma * secure_gaussian(1)[0])
+        if weight_sum < _MIN_WEIGHT_SUM_SIGMAS * sigma:
+            raise ReleaseError(
+                f"the flooded weight sum {weight_sum:.3g} is within {_MIN_WEIGHT_SUM_SIGMAS:g} "
+                f"flooding deviations ({sigma:.3g}) of zero; use a tighter public weight_bound"
+            )
         mean = unflatten_update(flooded / weight_sum, aggregate.spec)
         return ReleasedAggregate(
             mean=mean,

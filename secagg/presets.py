@@ -3,7 +3,8 @@
 Every preset uses one 60-bit data prime plus a special prime, seeded symmetric
 encryption and two real values per complex slot, so a ciphertext costs
 ``8 * N`` bytes for ``N`` real values: 8 bytes per parameter before the small
-per-chunk header region (the contribution roster and the encrypted weight).
+per-chunk header region (the contribution roster, the encrypted weight and two
+integrity tags; see :mod:`secagg._slots`).
 
 Security basis
 --------------
@@ -103,8 +104,8 @@ class Preset:
 
     @property
     def header_slots(self) -> int:
-        """Real slots per chunk reserved for the roster plus the encrypted weight."""
-        return self.roster_slots + 1
+        """Real slots per chunk reserved for the roster, the weight, the round and chunk tags."""
+        return self.roster_slots + 3
 
     @property
     def values_per_chunk(self) -> int:

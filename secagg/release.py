@@ -25,13 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._slots import CHUNK_TAG_SCALE, round_tag
 from .errors import RosterError
+from .presets import Preset
 
-__all__ = ["ReleasedAggregate", "check_roster", "flooding_std", "secure_gaussian"]
-
-# Roster and weight slots hold small integers or bounded weights; a decoded value
-# farther than this from an integer means the aggregate is not an honest sum.
-_ROSTER_TOLERANCE = 0.25
+__all__ = ["ReleasedAggregate", "check_integrity", "flooding_std", "secure_gaussian"]
 
 
 @dataclass(frozen=True)
@@ -92,59 +90,75 @@ def secure_gaussian(size: int) -> np.ndarray:
     return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
 
 
-def check_roster(
-    roster_rows: np.ndarray,
-    weight_column: np.ndarray,
+def check_integrity(
+    plain: np.ndarray,
+    preset: Preset,
     *,
     roster: Sequence[str],
     contributors: Sequence[str],
     min_clients: int,
+    round_id: int,
+    tolerance: float,
 ) -> None:
-    """Refuse an aggregate whose per-chunk rosters do not prove an honest sum.
+    """Refuse a decrypted aggregate whose header slots do not prove one honest sum.
 
-    Each chunk's roster slots must read 0 or 1 (no client counted twice), every
-    chunk must carry the same roster and the same weight sum (chunks of different
-    sums cannot be mixed), the roster must match the claimed contributors, and at
-    least ``min_clients`` distinct clients must be in it.
+    Every chunk's roster slots must read 0 or 1 (no client counted twice) and be the
+    same in every chunk; every chunk must carry the same weight sum, ``k × round tag``
+    of the claimed round and ``k × chunk tag`` of its own position (``k`` the number
+    of contributors), so chunks of different sums, rounds or positions cannot be
+    mixed; the roster must match the claimed contributors and count at least
+    ``min_clients`` distinct clients.
 
     Parameters
     ----------
-    roster_rows : numpy.ndarray
-        Decoded roster slots, one row per chunk.
-    weight_column : numpy.ndarray
-        Decoded weight slot of each chunk.
+    plain : numpy.ndarray
+        Decrypted chunks, one row each (not yet flooded; never released).
+    preset : Preset
+        The slot layout.
     roster : sequence of str
         The round's roster (client id at each position).
     contributors : sequence of str
         Client ids the aggregate claims to contain.
     min_clients : int
         Fewest distinct contributions that may be released.
+    round_id : int
+        The round the aggregate claims to belong to.
+    tolerance : float
+        Largest CKKS error accepted on a header slot (a few times the noise bound).
 
     Raises
     ------
     RosterError
         If any of the conditions above fails.
     """
-    counts = np.rint(roster_rows)
-    if np.abs(roster_rows - counts).max(initial=0.0) > _ROSTER_TOLERANCE:
+    r = preset.roster_slots
+    rows = plain[:, :r]
+    counts = np.rint(rows)
+    if np.abs(rows - counts).max(initial=0.0) > tolerance:
         raise RosterError("roster slots are not whole counts: the aggregate is not an honest sum")
     if counts.min(initial=0.0) < 0 or counts.max(initial=0.0) > 1:
         raise RosterError("a client is counted more than once (or negatively) in the aggregate")
     if not np.all(counts == counts[0]):
         raise RosterError("chunks carry different rosters: they come from different sums")
-    spread = float(weight_column.max() - weight_column.min()) if weight_column.size else 0.0
-    if spread > _ROSTER_TOLERANCE:
-        raise RosterError("chunks carry different weight sums: they come from different sums")
-    present = tuple(roster[int(i)] for i in np.flatnonzero(counts[0][: len(roster)]))
     if counts[0][len(roster) :].any():
         raise RosterError("the roster marks positions beyond the round's roster")
+    present = tuple(roster[int(i)] for i in np.flatnonzero(counts[0][: len(roster)]))
     if sorted(present) != sorted(contributors):
         raise RosterError(
             f"the encrypted roster lists {len(present)} clients but the aggregate claims "
             f"{len(contributors)}"
         )
-    if len(present) < min_clients:
+    k = len(present)
+    weights = plain[:, r]
+    if float(weights.max() - weights.min()) > tolerance:
+        raise RosterError("chunks carry different weight sums: they come from different sums")
+    if np.abs(plain[:, r + 1] - k * round_tag(round_id)).max(initial=0.0) > tolerance:
+        raise RosterError(f"the encrypted round tags do not match round {round_id}")
+    expected = k * np.arange(1, len(plain) + 1) / CHUNK_TAG_SCALE
+    if np.abs(plain[:, r + 2] - expected).max(initial=0.0) > tolerance:
+        raise RosterError("the encrypted chunk tags are out of order or from other chunks")
+    if k < min_clients:
         raise RosterError(
-            f"the aggregate sums {len(present)} distinct clients, fewer than min_clients="
+            f"the aggregate sums {k} distinct clients, fewer than min_clients="
             f"{min_clients}; refusing to release it"
         )

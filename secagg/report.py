@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ._files import atomic_write_bytes  # noqa: E402
+from ._files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from secagg.protocols import RunResult
@@ -122,7 +122,7 @@ def _plot_attention(result: RunResult, path: Path) -> Path:
     names = attention.unit_names
     patches = [n for n in names if n.startswith("patch (")]
     if patches and len(patches) == len(names):
-        side = int(round(math.sqrt(len(names))))
+        side = round(math.sqrt(len(names)))
         grid = [attention.weights[r * side : (r + 1) * side] for r in range(side)]
         image = ax.imshow(grid, cmap="viridis")
         fig.colorbar(image, ax=ax)
@@ -148,7 +148,8 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
         f"- partition: {'IID' if config.dirichlet_alpha is None else 'Dirichlet'}"
         f"{'' if config.dirichlet_alpha is None else f'(α = {config.dirichlet_alpha})'}, "
         f"dropout: {config.dropout}",
-        f"- aggregation: {'CKKS secure aggregation, preset ' + config.preset if config.he else 'plaintext (no HE)'}",
+        "- aggregation: "
+        + (f"CKKS secure aggregation, preset {config.preset}" if config.he else "plaintext"),
         f"- DP-SGD: {'on' if config.dp else 'off'}",
         f"- final test accuracy: **{result.final_accuracy:.4f}**",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from .errors import FormatError, SpecMismatchError, UpdateValueError
 
 __all__ = ["TensorSpec", "UpdateSpec", "flatten_update", "unflatten_update"]
 
+# The most values one update may hold (2^34, about 17 billion: 137 GB on the wire).
+MAX_VALUES = 1 << 34
 _FLOAT_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -34,7 +37,7 @@ class TensorSpec:
     @property
     def numel(self) -> int:
         """Number of values in the tensor."""
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,14 @@ class UpdateSpec:
                 or len(item) != 3
                 or not isinstance(item[0], str)
                 or not isinstance(item[1], list)
-                or not all(isinstance(d, int) and 0 <= d < 2**31 for d in item[1])
+                or not all(type(d) is int and 0 <= d < 2**31 for d in item[1])
+                or not isinstance(item[2], str)
                 or item[2] not in _FLOAT_DTYPES
             ):
                 raise FormatError(f"invalid tensor entry in update spec: {item!r:.80}")
             tensors.append(TensorSpec(item[0], tuple(item[1]), item[2]))
+        if sum(t.numel for t in tensors) > MAX_VALUES:
+            raise FormatError(f"update spec declares more than {MAX_VALUES} values")
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise FormatError("update spec repeats a tensor name")

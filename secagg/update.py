@@ -4,10 +4,12 @@ Slot layout of every ciphertext chunk (``N`` reals, two per complex slot)::
 
     [0, R)        contribution roster: 1 at this client's roster position, else 0
     R             the client's normalised weight w = weight / weight_bound
-    [R+1, N)      the next N-R-1 values of w · update (zero-padded in the last chunk)
+    R+1, R+2      round tag and chunk tag (see :mod:`secagg._slots`)
+    [R+3, N)      the next N-R-3 values of w · update (zero-padded in the last chunk)
 
-Every chunk carries the roster and the weight, so the key holder can prove that a
-decrypted sum adds each client at most once and that all chunks come from one sum.
+Every chunk carries the roster, the weight and the tags, so the key holder can prove
+that a decrypted sum adds each client at most once and that all its chunks come from
+one sum of one round, in order.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._seal import SealSession
+from ._slots import CHUNK_TAG_SCALE, round_tag
 from .errors import ConfigurationError, FormatError, UpdateValueError
 from .presets import Preset
 from .spec import UpdateSpec, flatten_update
@@ -184,7 +187,7 @@ def encrypt_update(
     normalised = weight / weight_bound
     weighted = flat * normalised
     _check_values(flat, weighted, preset)
-    matrix = _layout(weighted, normalised, roster.index(client_id), preset)
+    matrix = _layout(weighted, normalised, roster.index(client_id), preset, round_id)
     chunks = _encrypt_rows(keys.session, matrix, workers)
     header = {
         "kind": "update",
@@ -238,12 +241,17 @@ def _check_values(flat: np.ndarray, weighted: np.ndarray, preset: Preset) -> Non
         )
 
 
-def _layout(weighted: np.ndarray, weight: float, position: int, preset: Preset) -> np.ndarray:
+def _layout(
+    weighted: np.ndarray, weight: float, position: int, preset: Preset, round_id: int
+) -> np.ndarray:
     per_chunk = preset.values_per_chunk
     num_chunks = max(1, -(-weighted.size // per_chunk))
     matrix = np.zeros((num_chunks, preset.slots), dtype=np.float64)
+    r = preset.roster_slots
     matrix[:, position] = 1.0
-    matrix[:, preset.roster_slots] = weight
+    matrix[:, r] = weight
+    matrix[:, r + 1] = round_tag(round_id)
+    matrix[:, r + 2] = np.arange(1, num_chunks + 1) / CHUNK_TAG_SCALE
     body = np.zeros(num_chunks * per_chunk, dtype=np.float64)
     body[: weighted.size] = weighted
     matrix[:, preset.header_slots :] = body.reshape(num_chunks, per_chunk)

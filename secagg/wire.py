@@ -135,7 +135,7 @@ def unpack_frame(
     header_end = _PREFIX.size + header_len
     try:
         header = json.loads(data[_PREFIX.size : header_end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and int-size errors
         raise FormatError(f"unreadable header: {exc}") from None
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")

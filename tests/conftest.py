@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def keys() -> secagg.KeyHolder:
-    """One default-preset key holder shared by the session (do not spend its budget)."""
+    """A fresh default-preset key holder (each releases a round id at most once)."""
     return secagg.KeyHolder.generate()

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -75,20 +76,24 @@ def byte_overwrites(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     out = bytearray(data)
     for _ in range(rng.choice([1, 2, 4, 16])):
         pos = _region(rng, out)
-        out[pos] = rng.choice([0, 0xFF, 0x7F, 0x80, ord('"'), ord("{"), ord("9"), rng.randrange(256)])
+        out[pos] = rng.choice(
+            [0, 0xFF, 0x7F, 0x80, ord('"'), ord("{"), ord("9"), rng.randrange(256)]
+        )
     return bytes(out)
 
 
 def truncation(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     if not data:
         return data
-    cut = rng.choice([rng.randrange(len(data)), _region(rng, data), len(data) - rng.randrange(1, 80)])
+    cut = rng.choice(
+        [rng.randrange(len(data)), _region(rng, data), len(data) - rng.randrange(1, 80)]
+    )
     return data[: max(0, cut)]
 
 
 def insertion(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     pos = _region(rng, data)
-    return data[:pos] + os.urandom(rng.choice([1, 2, 7, 64, 1000])) + data[pos:]
+    return data[:pos] + rng.randbytes(rng.choice([1, 2, 7, 64, 1000])) + data[pos:]
 
 
 def deletion(rng: random.Random, data: bytes, magic: bytes) -> bytes:
@@ -102,24 +107,37 @@ def prefix_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     fields = list(PREFIX.unpack_from(data))
     index = rng.randrange(1, 5)
     limits = {1: 2**16, 2: 2**32, 3: 2**64, 4: 2**16}
-    fields[index] = rng.choice(
-        [0, 1, 2, 63, 64, 65, limits[index] - 1, rng.randrange(limits[index]), fields[index] + 1]
-    ) % limits[index]
+    fields[index] = (
+        rng.choice(
+            [
+                0,
+                1,
+                2,
+                63,
+                64,
+                65,
+                limits[index] - 1,
+                rng.randrange(limits[index]),
+                fields[index] + 1,
+            ]
+        )
+        % limits[index]
+    )
     return PREFIX.pack(*fields) + data[PREFIX.size :]
 
 
 def random_with_magic(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     choice = rng.randrange(3)
     if choice == 0:  # magic then noise
-        return magic + os.urandom(rng.randrange(0, 4000))
-    header = os.urandom(rng.randrange(0, 200))
-    body = os.urandom(rng.randrange(0, 3000))
+        return magic + rng.randbytes(rng.randrange(0, 4000))
+    header = rng.randbytes(rng.randrange(0, 200))
+    body = rng.randbytes(rng.randrange(0, 3000))
     if choice == 1:  # consistent prefix, random header and body
         return PREFIX.pack(magic, 1, len(header), len(body), 0) + header + body
     # consistent prefix, valid JSON header with random chunk sizes, random body
     sizes = [rng.randrange(1, 2000) for _ in range(rng.randrange(1, 4))]
     text = json.dumps({"chunk_sizes": sizes, "kind": "x"}).encode()
-    body = os.urandom(sum(sizes))
+    body = rng.randbytes(sum(sizes))
     return PREFIX.pack(magic, 1, len(text), len(body), 0) + text + body
 
 
@@ -127,7 +145,7 @@ def _parse(data: bytes, magic: bytes) -> wire.Frame | None:
     """The frame of ``data``, or None (any failure: the loaders are what is under test)."""
     try:
         return wire.unpack_frame(data, magic, max_chunk_bytes=1 << 30)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -140,7 +158,7 @@ def chunk_swap(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     action = rng.randrange(5)
     i = rng.randrange(len(chunks))
     if action == 0:
-        chunks[i] = os.urandom(len(chunks[i]))
+        chunks[i] = rng.randbytes(len(chunks[i]))
     elif action == 1 and len(chunks) > 1:
         del chunks[i]
     elif action == 2:
@@ -216,24 +234,36 @@ def _edit_json(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]:
             sizes = [float(s) for s in sizes]
         header["chunk_sizes"] = sizes
     elif action == 3:  # round_id / client_id / min_clients and friends
-        name = rng.choice(["round_id", "client_id", "min_clients", "decryption_budget",
-                           "decryptions_used", "statistical_security", "fingerprint", "preset"])
+        name = rng.choice(
+            [
+                "round_id",
+                "client_id",
+                "min_clients",
+                "decryption_budget",
+                "decryptions_used",
+                "statistical_security",
+                "fingerprint",
+                "preset",
+            ]
+        )
         header[name] = _weird(rng)
     elif action == 4 and isinstance(header.get("spec"), list):  # spec edits
         spec = header["spec"]
         entry = spec[rng.randrange(len(spec))]
         if isinstance(entry, list) and len(entry) == 3:
             slot = rng.randrange(3)
-            entry[slot] = _weird(rng) if rng.random() < 0.5 else (
-                [rng.choice([0, 1, 5000, 2**31 - 1, 2**30]) for _ in range(rng.randrange(4))]
-                if slot == 1
-                else rng.choice(["float16", "bfloat16", "int64", "w", ""])
+            entry[slot] = (
+                _weird(rng)
+                if rng.random() < 0.5
+                else (
+                    [rng.choice([0, 1, 5000, 2**31 - 1, 2**30]) for _ in range(rng.randrange(4))]
+                    if slot == 1
+                    else rng.choice(["float16", "bfloat16", "int64", "w", ""])
+                )
             )
         if rng.random() < 0.7:  # keep the hash consistent so parsing goes deeper
-            try:
+            with contextlib.suppress(Exception):
                 header["spec_hash"] = secagg.UpdateSpec.from_json(spec).spec_hash
-            except Exception:  # noqa: BLE001, S110
-                pass
     elif action == 5 and isinstance(header.get("preset"), dict):  # preset description edits
         preset = header["preset"]
         preset[rng.choice(list(preset))] = rng.choice(
@@ -270,8 +300,17 @@ def header_text_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
         return data
     text = json.dumps(frame.header, separators=(",", ":"))
     literal = rng.choice(
-        ["9" * rng.choice([20, 400, 4301, 5000]), "Infinity", "-Infinity", "NaN", "1e400",
-         "[" * 50 + "]" * 50, '"\\ud800"', "-0", "0.0"]
+        [
+            "9" * rng.choice([20, 400, 4301, 5000]),
+            "Infinity",
+            "-Infinity",
+            "NaN",
+            "1e400",
+            "[" * 50 + "]" * 50,
+            '"\\ud800"',
+            "-0",
+            "0.0",
+        ]
     )
     digits = [i for i, ch in enumerate(text) if ch.isdigit() and not text[i - 1].isalnum()]
     if digits and rng.random() < 0.8:
@@ -333,7 +372,7 @@ class Target:
         except SecaggError as exc:
             self.errors[type(exc).__name__] += 1
             return False
-        except Exception as exc:  # noqa: BLE001 - any other type is the finding
+        except Exception as exc:  # any other type is the finding
             self.failures.append(
                 {
                     "case": case,
@@ -459,10 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in range(other_cases):
         name, data = _mutate(rng, aggregate_bytes, wire.MAGIC_AGGREGATE)
         holder = rng.random() < 0.5
-        loaded: list[secagg.EncryptedAggregate] = []
         ctx: Any = keys if holder else server
         if aggregates.run(
-            case, name, lambda d=data, c=ctx: loaded.append(secagg.EncryptedAggregate.from_bytes(d, c))
+            case,
+            name,
+            lambda d=data, c=ctx: secagg.EncryptedAggregate.from_bytes(d, c),
         ):
             releases.run(case, name, lambda d=data: keys.release(d, min_clients=1))
 

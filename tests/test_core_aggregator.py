@@ -121,9 +121,7 @@ BAD_PAYLOADS: dict[str, tuple[Callable[[secagg.KeyHolder], bytes], type[SecaggEr
         FormatError,
     ),
     "aggregate-bytes": (
-        lambda k: secagg.EncryptedAggregate.from_update(
-            k, _encrypt(k, "c", EVIL)
-        ).to_bytes(),
+        lambda k: secagg.EncryptedAggregate.from_update(k, _encrypt(k, "c", EVIL)).to_bytes(),
         FormatError,
     ),
     "empty": (lambda k: b"", FormatError),

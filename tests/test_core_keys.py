@@ -110,9 +110,7 @@ def test_no_secret_key_loads_from_anything_the_server_holds(
     server_bytes = keys.server_context()
     server = secagg.ServerContext.from_bytes(server_bytes)
     enc = _aggregate(keys, server_bytes)
-    payload = secagg.encrypt_update(
-        keys, _updates()[0], round_id=3, client_id="a", roster=ROSTER
-    )
+    payload = secagg.encrypt_update(keys, _updates()[0], round_id=3, client_id="a", roster=ROSTER)
     candidates = {
         "server context": server_bytes,
         **{
@@ -204,7 +202,9 @@ def _secret_chunk_span(data: bytes) -> tuple[int, int]:
     return end - len(frame.chunks[1]), end
 
 
-@pytest.mark.parametrize("where", [0.0, 0.001, 0.5, 0.999], ids=["seal-magic", "head", "mid", "end"])
+@pytest.mark.parametrize(
+    "where", [0.0, 0.001, 0.5, 0.999], ids=["seal-magic", "head", "mid", "end"]
+)
 def test_tampered_secret_key_chunk_is_refused(where: float, tmp_path: Path) -> None:
     holder = secagg.KeyHolder.generate("small")
     path = holder.save(tmp_path / "k.key")

@@ -39,7 +39,10 @@ def _exact_weighted_mean(
     total = sum(normalised)
     return {
         name: sum(
-            (w * u[name].to(torch.float64).numpy() for w, u in zip(normalised, updates, strict=True)),
+            (
+                w * u[name].to(torch.float64).numpy()
+                for w, u in zip(normalised, updates, strict=True)
+            ),
             start=np.zeros(updates[0][name].shape),
         )
         / total
@@ -125,9 +128,9 @@ def test_released_mean_matches_plaintext_weighted_mean(
     assert release.round_id == 7
     assert list(release.mean) == list(layout)
     weight_sum = sum(weights) / weight_bound
-    assert abs(release.weight_sum - weight_sum) <= 7 * release.flooding_std + keys.preset.noise_bound(
-        k
-    )
+    assert abs(
+        release.weight_sum - weight_sum
+    ) <= 7 * release.flooding_std + keys.preset.noise_bound(k)
 
     unweighted_far = False
     for name, (shape, dtype) in layout.items():
@@ -172,15 +175,26 @@ def test_flooding_noise_is_really_added_with_the_stated_std() -> None:
     assert 0.5 * release.mean_error_std <= float(error.std()) <= 5 * release.mean_error_std
 
 
-def test_two_releases_of_one_aggregate_get_independent_flooding(keys: secagg.KeyHolder) -> None:
+def test_an_aggregate_is_released_once_and_equal_sums_get_independent_flooding(
+    keys: secagg.KeyHolder,
+) -> None:
     layout = {"w": ((4000,), torch.float64)}
     updates = [_make_update(layout, seed) for seed in (1, 2)]
     roster = ["a", "b"]
-    agg = secagg.Aggregator(keys.server_context(), round_id=1, roster=roster, min_clients=2)
-    for cid, upd in zip(roster, updates, strict=True):
-        agg.add(secagg.encrypt_update(keys, upd, round_id=1, client_id=cid, roster=roster))
-    enc = agg.finalize()
-    first, second = keys.release(enc), keys.release(enc)
+    released = []
+    for round_id in (1, 2):
+        agg = secagg.Aggregator(
+            keys.server_context(), round_id=round_id, roster=roster, min_clients=2
+        )
+        for cid, upd in zip(roster, updates, strict=True):
+            agg.add(
+                secagg.encrypt_update(keys, upd, round_id=round_id, client_id=cid, roster=roster)
+            )
+        enc = agg.finalize()
+        released.append(keys.release(enc))
+        with pytest.raises(secagg.errors.RoundAlreadyReleasedError):
+            keys.release(enc)
+    first, second = released
     # released · W' = S + σ·g: the difference of two releases is σ·(g1 - g2), std sqrt(2)·σ.
     diff = first.mean["w"].numpy() * first.weight_sum - second.mean["w"].numpy() * second.weight_sum
     assert np.count_nonzero(diff) == diff.size

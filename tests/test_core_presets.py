@@ -46,7 +46,7 @@ def test_preset_documents_its_security_and_limits(name: str) -> None:
     assert preset.security_bits == 128
     assert sum(preset.coeff_bits) <= preset.max_modulus_bits
     assert preset.slots == preset.poly_modulus_degree
-    assert preset.values_per_chunk == preset.slots - preset.roster_slots - 1
+    assert preset.values_per_chunk == preset.slots - preset.roster_slots - 3
     assert preset.max_aggregate_magnitude == 2.0 ** (preset.coeff_bits[0] - preset.scale_bits - 2)
     assert preset.max_client_magnitude * preset.max_clients == preset.max_aggregate_magnitude
     assert 8.0 < preset.bytes_per_parameter < 8.3
@@ -76,7 +76,7 @@ def test_preset_builds_and_round_trips(name: str) -> None:
         for _ in roster
     ]
     agg = secagg.Aggregator(server, round_id=0, roster=roster, min_clients=2)
-    for cid, upd, weight in zip(roster, updates, (1.0, 3.0), strict=True):
+    for cid, upd, weight in zip(roster, updates, (3.0, 4.0), strict=True):
         agg.add(
             secagg.encrypt_update(
                 keys, upd, weight=weight, weight_bound=4.0, round_id=0, client_id=cid, roster=roster
@@ -85,10 +85,10 @@ def test_preset_builds_and_round_trips(name: str) -> None:
     enc = agg.finalize()
     assert len(enc.ciphertexts) == 2
     release = keys.release(secagg.EncryptedAggregate.from_bytes(enc.to_bytes(), server))
-    exact = (updates[0]["w"].numpy() + 3 * updates[1]["w"].numpy()) / 4
+    exact = (3 * updates[0]["w"].numpy() + 4 * updates[1]["w"].numpy()) / 7
     err = np.abs(release.mean["w"].numpy() - exact)
     assert (err <= _tolerance(release, exact, preset.noise_bound(2))).all()
-    assert release.weight_sum == pytest.approx(1.0, abs=7 * release.flooding_std + 1e-9)
+    assert release.weight_sum == pytest.approx(1.75, abs=7 * release.flooding_std + 1e-9)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

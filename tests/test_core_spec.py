@@ -20,9 +20,7 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), 1e-40, 65504.0, -3
 def updates(draw: st.DrawFn) -> dict[str, torch.Tensor]:
     count = draw(st.integers(1, 5))
     names = draw(
-        st.lists(
-            st.text(min_size=1, max_size=12), min_size=count, max_size=count, unique=True
-        )
+        st.lists(st.text(min_size=1, max_size=12), min_size=count, max_size=count, unique=True)
     )
     out: dict[str, torch.Tensor] = {}
     for name in names:
@@ -120,6 +118,9 @@ def test_unflatten_refuses_a_vector_of_the_wrong_length() -> None:
         [["a", [2], "float32"], ["a", [3], "float32"]],
         [["a", [2.0], "float32"]],
         [["a", [2], "float32", 1]],
+        [["a", [2], ["float32"]]],  # an unhashable dtype must not escape as TypeError
+        [["a", [2], {"dtype": "float32"}]],
+        [["a", [True], "float32"]],
     ],
     ids=str,
 )

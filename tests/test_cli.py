@@ -1,0 +1,127 @@
+"""The ``secagg`` console script, run as a user would: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from secagg import __version__
+from secagg.errors import CheckpointError
+from secagg.protocols import load_checkpoint
+
+SECAGG = [sys.executable, "-m", "secagg.cli"]
+SMALL = [
+    "--dataset", "digits", "--max-examples", "300", "--model-arg", "embed_dim=16",
+    "--model-arg", "num_heads=2", "--model-arg", "num_layers=1", "--model-arg", "ff_dim=16",
+]  # fmt: skip
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SECAGG, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_version_and_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0 and __version__ in version.stdout
+    help_text = run_cli("run", "--help")
+    assert help_text.returncode == 0
+    for option in ("--dataset", "--epsilon", "--noise-multiplier", "--no-he", "--resume"):
+        assert option in help_text.stdout
+
+
+def test_bad_option_gives_a_clear_error() -> None:
+    result = run_cli("run", "--dataset", "nope", "--out", "/tmp/secagg-never")
+    assert result.returncode == 2
+    assert "dataset must be one of" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_round_three_client_run_writes_every_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("run", *SMALL, "--clients", "3", "--rounds", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Final test accuracy" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["clients"] == 3 and config["rounds"] == 2 and config["he"] and config["dp"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for record in metrics["rounds"]:
+        assert 0.0 <= record["accuracy"] <= 1.0
+        assert record["epsilon_max"] > 0 and record["delta"] == config["delta"]
+        assert record["bytes_per_client"] > 0
+        assert set(record["seconds"]) == {"train", "encrypt", "aggregate", "decrypt"}
+        assert record["status"] == "completed" and len(record["contributors"]) >= 2
+    assert metrics["attention"]["weights"], "attention map missing"
+    report = (out / "report.md").read_text()
+    for png in ("accuracy.png", "epsilon.png", "time_breakdown.png", "attention.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({png})" in report
+    key_file = out / "keys" / "secret-context.secagg"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [*SECAGG, "run", *SMALL, "--max-examples", "600", "--clients", "3", "--rounds", "4"]
+    process = subprocess.Popen(
+        [*args, "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoint = out / "checkpoint.secagg"
+    killed_after = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                state = load_checkpoint(checkpoint)
+            except CheckpointError:
+                state = None
+            if state is not None and state.rounds_completed >= 1:
+                os.killpg(process.pid, signal.SIGKILL)
+                killed_after = state.rounds_completed
+                break
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert killed_after is not None and killed_after < 4, "the run was not killed mid-way"
+    ledgers_before = load_checkpoint(checkpoint).ledgers
+
+    resumed = run_cli("run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]
+    final = load_checkpoint(checkpoint)
+    for client_id, ledger in ledgers_before.items():
+        steps_before = sum(h[2] for h in ledger["accountant"]["history"])
+        steps_after = sum(h[2] for h in final.ledgers[client_id]["accountant"]["history"])
+        assert steps_after >= steps_before  # no privacy spending is forgotten
+
+
+@pytest.mark.parametrize("flag", ["--no-he", "--no-dp"])
+def test_baselines_run(tmp_path: Path, flag: str) -> None:
+    out = tmp_path / "run"
+    result = run_cli(
+        "run", *SMALL, "--clients", "3", "--rounds", "1", "--no-attention", flag,
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = metrics["rounds"][0]
+    if flag == "--no-dp":
+        assert record["epsilon_max"] is None
+    else:
+        assert record["seconds"]["decrypt"] >= 0.0
