@@ -22,8 +22,13 @@ import torch
 from secagg.cli import _KINDS, _RECIPES
 from secagg.datasets import load_dataset
 from secagg.protocols import Federation, FederationConfig
-from secagg.protocols.local import evaluate, make_loader, make_optimizer, train_round
-from secagg.protocols.local import NonPrivateClient
+from secagg.protocols.local import (
+    NonPrivateClient,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    train_round,
+)
 
 __all__ = ["centralized_baseline", "measure"]
 

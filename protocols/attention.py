@@ -24,7 +24,6 @@ from ..errors import (
     PrivacyBudgetExceededError,
     ReleaseError,
 )
-
 from .local import derive_seed
 
 if TYPE_CHECKING:

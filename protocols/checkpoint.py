@@ -25,7 +25,8 @@ import torch
 
 from .._files import atomic_write_bytes
 from ..errors import CheckpointError, FormatError
-from ..wire import MAGIC_CHECKPOINT, field as header_field, pack_frame, unpack_frame
+from ..wire import MAGIC_CHECKPOINT, pack_frame, unpack_frame
+from ..wire import field as header_field
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -113,7 +114,7 @@ def load_checkpoint(
     try:
         global_state = torch.load(io.BytesIO(frame.chunks[0]), weights_only=True)
         server_optimizer = torch.load(io.BytesIO(frame.chunks[1]), weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on bad bytes
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {path} has unreadable tensors: {exc}") from None
     return Checkpoint(
         config_digest=digest,

@@ -35,10 +35,6 @@ WEIGHTS = {"a": 2.0, "b": 5.0, "c": 3.0}
 BOUND = 8.0
 
 
-@pytest.fixture(scope="module")
-def small_keys() -> secagg.KeyHolder:
-    return secagg.KeyHolder.generate("small")
-
 
 def _values(seed: int, offset: float = 0.0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

@@ -1,8 +1,11 @@
-"""Release policy: decryption budget, min_clients, and aggregates a malicious server forged."""
+"""Release policy: decryption budget, one release per round, min_clients, forged aggregates."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,12 +13,16 @@ import tenseal.sealapi as sealapi
 import torch
 
 import secagg
+from secagg import wire
 from secagg.aggregate import load_update_ciphertexts
 from secagg.errors import (
+    ConfigurationError,
+    ContextError,
     DecryptionBudgetExceededError,
     KeyMismatchError,
     ReleaseError,
     RosterError,
+    RoundAlreadyReleasedError,
 )
 
 ROSTER = ["a", "b", "c"]
@@ -48,14 +55,14 @@ def _encrypt(
 
 
 def _aggregate(
-    keys: secagg.KeyHolder, clients: list[str], *, min_clients: int = 2, **kwargs: object
+    keys: secagg.KeyHolder, clients: list[str], *, min_clients: int = 2, **kwargs: Any
 ) -> secagg.EncryptedAggregate:
-    round_id = int(kwargs.get("round_id", 1))  # type: ignore[call-overload]
+    round_id = int(kwargs.get("round_id", 1))
     agg = secagg.Aggregator(
         keys.server_context(), round_id=round_id, roster=ROSTER, min_clients=min_clients
     )
     for cid in clients:
-        agg.add(_encrypt(keys, cid, **kwargs))  # type: ignore[arg-type]
+        agg.add(_encrypt(keys, cid, **kwargs))
     return agg.finalize()
 
 
@@ -64,9 +71,19 @@ def _server_side(keys: secagg.KeyHolder) -> tuple[secagg.ServerContext, sealapi.
     return server, sealapi.Evaluator(server.seal_context)
 
 
-@pytest.fixture(scope="module")
-def small_keys() -> secagg.KeyHolder:
-    return secagg.KeyHolder.generate("small")
+def _with_header(data: bytes, **changes: Any) -> bytes:
+    """Rewrite fields of a serialized aggregate's header (what a malicious server can do)."""
+    frame = wire.unpack_frame(data, wire.MAGIC_AGGREGATE, max_chunk_bytes=1 << 30)
+    header = {k: v for k, v in frame.header.items() if k != "chunk_sizes"}
+    assert set(changes) <= set(header)
+    header.update(changes)
+    return wire.pack_frame(wire.MAGIC_AGGREGATE, header, frame.chunks)
+
+
+@pytest.fixture
+def solo_keys() -> secagg.KeyHolder:
+    """Small-preset keys whose policy allows releasing a single client's sum."""
+    return secagg.KeyHolder.generate("small", min_clients=1)
 
 
 # ---------------------------------------------------------------------------- budget

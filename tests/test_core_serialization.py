@@ -15,10 +15,6 @@ ROSTER = ["a", "b", "c"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 4.0}
 
 
-@pytest.fixture(scope="module")
-def small_keys() -> secagg.KeyHolder:
-    return secagg.KeyHolder.generate("small")
-
 
 def _update(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

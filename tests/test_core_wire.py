@@ -22,10 +22,6 @@ PREFIX = struct.Struct(">4sHIQH")
 ROSTER = ["a", "b"]
 
 
-@pytest.fixture(scope="module")
-def small_keys() -> secagg.KeyHolder:
-    return secagg.KeyHolder.generate("small")
-
 
 def _reframe(data: bytes, magic: bytes, header_text: Callable[[str], str]) -> bytes:
     """Rewrite a frame's header text and fix up the prefix lengths."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
@@ -31,26 +29,14 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from secagg.errors import (
-    ConfigurationError,
-    ContextError,
-    ReleaseError,
-    SecretKeyExposureError,
-)
 from secagg.protocols import Federation, FederationConfig
 from secagg.protocols.flower import (
-    app_pyproject,
-    config_from_run_config,
     generate_keys,
     load_secret_context,
-    load_server_context,
-    node_role,
     run_config_from_config,
-    write_app,
 )
 from secagg.protocols.flower.client_app import app as client_app
-from secagg.protocols.flower.client_app import handle_release
-from secagg.protocols.flower.server_app import FlowerServer, run_server
+from secagg.protocols.flower.server_app import run_server
 
 pytestmark = [pytest.mark.flower, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -10,6 +10,11 @@ import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from opacus.validators import ModuleValidator
+from sklearn.datasets import load_breast_cancer, load_digits
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from secagg.errors import ConfigurationError
 from secagg.models import (
     FeatureAttentionClassifier,
     TextAttentionClassifier,
@@ -17,11 +22,6 @@ from secagg.models import (
     count_parameters,
 )
 from secagg.models._common import BatchFirstDPMultiheadAttention
-from sklearn.datasets import load_breast_cancer, load_digits
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-
-from secagg.errors import ConfigurationError
 
 PAD = 0
 

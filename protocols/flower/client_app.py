@@ -60,7 +60,6 @@ from .records import (
 __all__ = ["app", "handle_outcome", "handle_release", "handle_train"]
 
 _CLIENT_STATE = "secagg.client"
-_KEY_HOLDER_STATE = "secagg.key-holder"
 
 app = ClientApp()
 
@@ -90,7 +89,6 @@ class _ClientState:
     ledger: str = ""  # JSON client.state_dict(), the latest trained round included
     undo_round: int = 0  # the round ``undo_ledger`` rolls back (0: nothing to undo)
     undo_ledger: str = ""
-    loader_rng: bytes = b""
     last_round: int = 0  # the latest round trained (older train messages are refused)
 
     @classmethod
@@ -102,7 +100,6 @@ class _ClientState:
             ledger=str(record["ledger"]),
             undo_round=int(record["undo-round"]),  # type: ignore[arg-type]
             undo_ledger=str(record["undo-ledger"]),
-            loader_rng=bytes(record["loader-rng"]),  # type: ignore[arg-type]
             last_round=int(record["last-round"]),  # type: ignore[arg-type]
         )
 
@@ -112,7 +109,6 @@ class _ClientState:
                 "ledger": self.ledger,
                 "undo-round": self.undo_round,
                 "undo-ledger": self.undo_ledger,
-                "loader-rng": self.loader_rng,
                 "last-round": self.last_round,
             }
         )
@@ -198,6 +194,7 @@ def handle_train(content: RecordDict, context: Context) -> RecordDict:
             f"{state.last_round}; refusing a stale or replayed round"
         )
     state.settle_before(round_id)
+    aggregation_round = config_value(content, "round", "aggregation-round", int)
     weight_bound = float(config_value(content, "round", "weight-bound", (int, float)))
     sigma = float(config_value(content, "round", "noise-multiplier", (int, float)))
     dropouts = json_value(content, "round", "dropouts")
@@ -211,10 +208,10 @@ def handle_train(content: RecordDict, context: Context) -> RecordDict:
     try:
         if state.ledger:
             client.load_state_dict(json.loads(state.ledger))  # type: ignore[union-attr]
-        if state.loader_rng:
-            generator.set_state(torch.frombuffer(bytearray(state.loader_rng), dtype=torch.uint8))
         epsilon_before = client.epsilon()
+        # The round's random draws derive from (seed, round, client), as in the federation.
         torch.manual_seed(derive_seed(config.seed, round_id, index))
+        generator.manual_seed(derive_seed(config.seed, round_id, index, 1))
         start = time.perf_counter()
         try:
             loss = train_round(client, global_state)
@@ -230,7 +227,7 @@ def handle_train(content: RecordDict, context: Context) -> RecordDict:
             client.model_update(),
             weight=float(client.num_examples),
             weight_bound=weight_bound,
-            round_id=round_id,
+            round_id=aggregation_round,
             client_id=cid,
             roster=roster,
         )
@@ -247,7 +244,6 @@ def handle_train(content: RecordDict, context: Context) -> RecordDict:
     state.undo_round = round_id
     state.undo_ledger = json.dumps(before)
     state.last_round = round_id
-    state.loader_rng = generator.get_state().numpy().tobytes()
     state.write(context.state)
     reply.update(
         {
@@ -302,19 +298,14 @@ def handle_release(content: RecordDict, context: Context) -> RecordDict:
         state.write(context.state)
     round_id = config_value(content, "release", "round", int)
     requested = config_value(content, "release", "min-clients", int)
-    record = context.state.config_records.get(_KEY_HOLDER_STATE)
-    released_rounds: list[int] = json.loads(str(record["released"])) if record else []
-    if round_id in released_rounds:
-        raise ReleaseError(f"round {round_id} was already released; refusing to decrypt again")
+    # Bound to its file: the spent budget and the last released round are written there
+    # before anything is decrypted, so no round is ever released twice, even across runs.
     keys = load_secret_context(role.secret_context, bind=True)
     aggregate = EncryptedAggregate.from_bytes(read_bytes(content, "aggregate"), keys)
     if aggregate.round_id != round_id:
         raise FormatError(f"aggregate is for round {aggregate.round_id}, not {round_id}")
-    threshold = max(requested, config.min_clients, role.min_release_clients)
-    context.state.config_records[_KEY_HOLDER_STATE] = ConfigRecord(
-        {"released": json.dumps([*released_rounds, round_id])}
-    )
-    released = keys.release(aggregate, min_clients=threshold)
+    # The key file's own min_clients policy applies on top of these (KeyHolder.release).
+    released = keys.release(aggregate, min_clients=max(requested, config.min_clients))
     log(
         INFO,
         "secagg: released round %d (%d contributors, %d decryptions left)",

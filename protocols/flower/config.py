@@ -10,7 +10,6 @@ Node configs (``flower-supernode --node-config``) say what a SuperNode is::
 
     partition-id=0 num-partitions=3 secret-context="/etc/secagg/secret-context.secagg"
     key-holder=true            # this node also releases aggregates (exactly one node)
-    min-release-clients=2      # optional floor the key holder enforces itself
 """
 
 from __future__ import annotations
@@ -112,15 +111,12 @@ class NodeRole:
         decrypts with it and records its spent decryption budget there).
     key_holder : bool
         Whether this node releases aggregates.
-    min_release_clients : int
-        The fewest contributions the key holder releases, whatever the server asks.
     """
 
     partition_id: int | None
     num_partitions: int | None
     secret_context: Path | None
     key_holder: bool
-    min_release_clients: int = 1
 
     @property
     def is_client(self) -> bool:
@@ -305,11 +301,9 @@ def node_role(node_config: Mapping[str, Any]) -> NodeRole:
         raise ConfigurationError("node config key-holder must be true or false")
     if key_holder and not secret:
         raise ConfigurationError("a key-holder node needs secret-context in its node config")
-    floor = _number("min-release-clients", node_config.get("min-release-clients", 1), int)
     return NodeRole(
         partition_id=partition,
         num_partitions=partitions,
         secret_context=Path(secret) if secret else None,
         key_holder=key_holder,
-        min_release_clients=max(1, floor),
     )

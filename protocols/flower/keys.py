@@ -22,7 +22,7 @@ from pathlib import Path
 from ..._files import atomic_write_bytes
 from ...context import ServerContext
 from ...errors import ConfigurationError, ContextError, SecaggError
-from ...keys import DEFAULT_DECRYPTION_BUDGET, KeyHolder
+from ...keys import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
 
 __all__ = [
     "SECRET_CONTEXT_NAME",
@@ -81,6 +81,7 @@ def generate_keys(
     *,
     preset: str = "default",
     decryption_budget: int = DEFAULT_DECRYPTION_BUDGET,
+    min_clients: int = DEFAULT_MIN_CLIENTS,
     overwrite: bool = False,
 ) -> KeyFiles:
     """Generate a key pair of files in ``directory`` (outside any Flower app folder).
@@ -94,6 +95,9 @@ def generate_keys(
         CKKS parameter preset (see :data:`secagg.PRESETS`).
     decryption_budget : int, optional
         Most ciphertexts the key will ever decrypt (sets the flooding noise).
+    min_clients : int, optional
+        The key holder's own policy, kept in the secret context: it never releases a
+        sum of fewer distinct clients, whatever the server or the run config asks.
     overwrite : bool, optional
         Replace existing key files (the old key is lost); refused by default.
 
@@ -115,7 +119,7 @@ def generate_keys(
     if not overwrite and (secret.exists() or server.exists()):
         raise ConfigurationError(f"key files already exist in {target} (pass overwrite=True)")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys = KeyHolder.generate(preset, decryption_budget=decryption_budget)
+    keys = KeyHolder.generate(preset, decryption_budget=decryption_budget, min_clients=min_clients)
     keys.save(secret)
     atomic_write_bytes(server, keys.server_context(), mode=0o644)
     return KeyFiles(secret_context=secret, server_context=server, fingerprint=keys.fingerprint)
@@ -189,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_DECRYPTION_BUDGET,
         help="most ciphertexts the key may ever decrypt",
     )
+    parser.add_argument(
+        "--min-clients",
+        type=int,
+        default=DEFAULT_MIN_CLIENTS,
+        help="the key holder never releases a sum of fewer distinct clients",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing key files")
     args = parser.parse_args(argv)
     try:
@@ -196,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.directory,
             preset=args.preset,
             decryption_budget=args.decryption_budget,
+            min_clients=args.min_clients,
             overwrite=args.overwrite,
         )
     except SecaggError as exc:

@@ -159,6 +159,10 @@ class FlowerServer:
         self.owed: dict[int, Outcomes] = {}
         self.metrics: list[RoundMetrics] = []
         self._in_flight: dict[int, Outcomes] = {}  # outcomes carried by unanswered messages
+        # Aggregation round ids (in payloads and releases) are base + round, with the base
+        # from the clock in milliseconds: a key holder releases each round id once and in
+        # increasing order, across runs, and a round takes longer than a millisecond.
+        self.round_base = time.time_ns() // 1_000_000
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunResult:
@@ -212,6 +216,7 @@ class FlowerServer:
         seconds = {"train": 0.0, "encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
         start_round = time.perf_counter()
 
+        wire_round = self.round_base + round_id
         replies, sent = self._send_train(round_id, chosen.tolist(), roster, dropouts)
         payloads: dict[str, bytes] = {}
         trained: dict[str, tuple[int, float, float]] = {}  # cid -> node, ε before, ε after
@@ -235,7 +240,7 @@ class FlowerServer:
         ]
 
         start = time.perf_counter()
-        server = self._round_server(round_id, roster)
+        server = self._round_server(wire_round, roster)
         rejected: list[str] = []
         for cid in roster:  # roster order, as the in-process federation adds them
             if cid in payloads:
@@ -269,7 +274,7 @@ class FlowerServer:
         self._record_outcomes(round_id, trained, no_reply, contributors=contributors)
         start = time.perf_counter()
         try:
-            released = self._release(round_id, aggregate, contributors)
+            released = self._release(round_id, wire_round, aggregate, contributors)
         except SecaggError as exc:
             seconds["decrypt"] += time.perf_counter() - start
             seconds["wall"] = time.perf_counter() - start_round
@@ -311,6 +316,7 @@ class FlowerServer:
         round_record = ConfigRecord(
             {
                 "round": round_id,
+                "aggregation-round": self.round_base + round_id,
                 "roster": json.dumps(roster),
                 "weight-bound": self.plan.weight_bound,
                 "noise-multiplier": -1.0
@@ -428,7 +434,9 @@ class FlowerServer:
             )
         )
 
-    def _release(self, round_id: int, aggregate: bytes, contributors: list[str]) -> _Released:
+    def _release(
+        self, round_id: int, wire_round: int, aggregate: bytes, contributors: list[str]
+    ) -> _Released:
         if self.server_context is None:  # the plaintext baseline: nothing to decrypt
             plain = PlaintextBackend().release(aggregate)
             return _Released(plain.mean, list(plain.contributors))
@@ -442,7 +450,7 @@ class FlowerServer:
             {
                 "aggregate": bytes_record(aggregate),
                 "release": ConfigRecord(
-                    {"round": round_id, "min-clients": self.config.min_clients}
+                    {"round": wire_round, "min-clients": self.config.min_clients}
                 ),
                 "outcomes": owed.to_record(),
             }
@@ -462,7 +470,7 @@ class FlowerServer:
             raise ReleaseError(f"the key holder refused: {reply.error.reason}")
         self._delivered(node)
         released = str_list(json_value(reply.content, "released", "contributors"), "contributors")
-        if config_value(reply.content, "released", "round", int) != round_id:
+        if config_value(reply.content, "released", "round", int) != wire_round:
             raise ReleaseError("the key holder released another round")
         if sorted(released) != sorted(contributors):
             raise ReleaseError("the released contributors differ from the aggregated ones")
@@ -549,6 +557,7 @@ class FlowerServer:
             "config": self.config.to_json(),
             "weight_bound": self.plan.weight_bound,
             "noise_multiplier": self.noise_multiplier,
+            "round_base": self.round_base,
             "metrics": [asdict(m) for m in self.metrics],
         }
         atomic_write_bytes(out / METRICS_FILE, json.dumps(document, indent=2).encode(), mode=0o644)
