@@ -1030,13 +1030,19 @@ def measure_round_split(config: Any, *, threads: int = 1) -> dict[str, Any]:
     dict
         Per round: ``wall_s`` (between round-end callbacks; the first round's wall also
         holds key generation), the ``seconds`` split of :class:`RoundMetrics`, ``he_s``
-        (encrypt + aggregate + decrypt) and ``he_share`` (of the wall); plus totals.
+        (encrypt + aggregate + decrypt) and ``he_share`` (of the wall); plus totals and
+        ``keygen_s``, one key generation timed apart (the run makes its own, once).
     """
     from secagg.protocols import Federation
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     stamps: list[float] = []
+    keygen_s = 0.0
+    if config.he:
+        start = time.perf_counter()
+        secagg.KeyHolder.generate(config.preset)
+        keygen_s = time.perf_counter() - start
     try:
         setup = time.perf_counter()
         federation = Federation(config, on_round=lambda _m: stamps.append(time.perf_counter()))
@@ -1081,6 +1087,7 @@ def measure_round_split(config: Any, *, threads: int = 1) -> dict[str, Any]:
         "train_s": train_total,
         "he_s": he_total,
         "he_share": he_total / wall_total if wall_total > 0 else float("nan"),
+        "keygen_s": keygen_s,
         "params": sum(v.numel() for v in result.global_state.values()),
     }
 

@@ -239,6 +239,7 @@ def _edit_json(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]:
                 "round_id",
                 "client_id",
                 "min_clients",
+                "last_released_round",
                 "decryption_budget",
                 "decryptions_used",
                 "statistical_security",
@@ -427,7 +428,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    keys = secagg.KeyHolder.generate("small")
+    # Policy min_clients=1, so single-client fuzzed aggregates reach every release check.
+    keys = secagg.KeyHolder.generate("small", min_clients=1)
+    pristine_key = keys.to_bytes()  # before any release: round state -1
+
+    def fresh_holder() -> secagg.KeyHolder:
+        """A copy of the key with no round released yet (one release per round and key)."""
+        return secagg.KeyHolder.from_bytes(pristine_key)
+
     server_bytes = keys.server_context()
     server = secagg.ServerContext.from_bytes(server_bytes)
     signer = Ed25519PrivateKey.generate()
@@ -491,8 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         (np.abs(release.mean["w"].numpy() - exact) <= tol).all()
     )
 
-    # Aggregates (loaded by the server and by the key holder; accepted ones released).
+    # Aggregates (loaded by the server and by the key holder; accepted ones released, each
+    # by a fresh copy of the key, so that the once-per-round rule does not hide the
+    # integrity checks behind RoundAlreadyReleasedError).
     aggregate_bytes = secagg.EncryptedAggregate.from_update(server, base_plain).to_bytes()
+    unmutated_release = fresh_holder().release(aggregate_bytes)
+    unmutated_releases = unmutated_release.contributors == ("c",)
     aggregates = Target("EncryptedAggregate.from_bytes")
     releases = Target("KeyHolder.release(fuzzed aggregate)")
     for case in range(other_cases):
@@ -504,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             name,
             lambda d=data, c=ctx: secagg.EncryptedAggregate.from_bytes(d, c),
         ):
-            releases.run(case, name, lambda d=data: keys.release(d, min_clients=1))
+            releases.run(case, name, lambda d=data: fresh_holder().release(d, min_clients=1))
 
     # Server contexts.
     contexts = Target("ServerContext.from_bytes")
@@ -524,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "seconds": round(time.monotonic() - started, 1),
         "sum_intact_after_rejections": sum_intact,
+        "unmutated_aggregate_releases": unmutated_releases,
         "rejections_checked": rejections,
         "sums_changed_by_a_rejection": changed_by_rejection,
         "targets": {t.name: t.summary() for t in targets},
@@ -536,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print("FUZZ-SUMMARY " + json.dumps(summary, default=str), flush=True)
-    return 0 if summary["total_failures"] == 0 and sum_intact else 1
+    ok = summary["total_failures"] == 0 and sum_intact and unmutated_releases
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ WEIGHTS = {"a": 2.0, "b": 5.0, "c": 3.0}
 BOUND = 8.0
 
 
-
 def _values(seed: int, offset: float = 0.0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(NUMEL, generator=gen, dtype=torch.float64) * 0.2 + offset}

@@ -15,6 +15,8 @@ import torch
 
 import secagg
 from secagg import wire
+from secagg._slots import chunk_tag, round_tag
+from secagg.context import preset_to_header
 from secagg.errors import ContextError, SecretKeyExposureError
 
 ROSTER = ["a", "b"]
@@ -33,11 +35,15 @@ def _aggregate(keys: secagg.KeyHolder, server: bytes | secagg.ServerContext) -> 
 
 
 def _expected_slots(keys: secagg.KeyHolder) -> np.ndarray:
-    """The plaintext layout of the aggregate's first chunk (roster, weight, values)."""
+    """The plaintext layout of the aggregate's first chunk (roster, weight, tags, values)."""
     preset = keys.preset
+    k = len(ROSTER)
     row = np.zeros(preset.slots)
-    row[: len(ROSTER)] = 1.0
-    row[preset.roster_slots] = float(len(ROSTER))
+    row[:k] = 1.0
+    row[preset.roster_slots] = float(k)  # weights 1/1 each
+    row[preset.roster_slots + 1] = k * round_tag(3)
+    row[preset.roster_slots + 2] = k * chunk_tag(0)
+    assert preset.header_slots == preset.roster_slots + 3
     values = sum(u["w"].numpy() for u in _updates())
     row[preset.header_slots : preset.header_slots + values.size] = values
     return row
@@ -224,6 +230,39 @@ def test_key_file_whose_fingerprint_was_edited_is_refused() -> None:
     assert data.count(fp) == 1
     with pytest.raises(ContextError):
         secagg.KeyHolder.from_bytes(data.replace(fp, forged))
+
+
+def _key_file_with_header(data: bytes, **changes: Any) -> bytes:
+    frame = wire.unpack_frame(data, wire.MAGIC_KEY, max_chunk_bytes=1 << 24)
+    header = {k: v for k, v in frame.header.items() if k != "chunk_sizes"}
+    header.update(changes)
+    return wire.pack_frame(wire.MAGIC_KEY, header, frame.chunks)
+
+
+@pytest.mark.parametrize(
+    ("generated", "claimed"),
+    [
+        ("small", secagg.PRESETS["default"]),
+        ("default", secagg.PRESETS["small"]),
+        ("default", secagg.PRESETS["large"]),
+        ("large", secagg.PRESETS["default"]),
+        ("small", secagg.Preset("custom", 4096, (60, 40), 30, 64)),  # same N, other modulus
+    ],
+    ids=["small-as-default", "default-as-small", "default-as-large", "large-as-default", "custom"],
+)
+def test_key_file_whose_preset_disagrees_with_its_parameters_is_refused(
+    generated: str, claimed: secagg.Preset
+) -> None:
+    # The fingerprint covers the SEAL parameters and the key, not the preset header: a
+    # file relabelled with another (valid, known) preset keeps a matching fingerprint,
+    # so only the parameter check can refuse it.
+    holder = secagg.KeyHolder.generate(generated)
+    forged = _key_file_with_header(holder.to_bytes(), preset=preset_to_header(claimed))
+    assert secagg.KeyHolder.from_bytes(_key_file_with_header(holder.to_bytes())).fingerprint == (
+        holder.fingerprint
+    )
+    with pytest.raises(ContextError, match=r"do not match|differ from"):
+        secagg.KeyHolder.from_bytes(forged)
 
 
 def test_server_context_is_refused_as_a_key_file(keys: secagg.KeyHolder, tmp_path: Path) -> None:

@@ -9,11 +9,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import secagg
 from secagg import wire
-from secagg.errors import ContextError, FormatError, KeyMismatchError
+from secagg.errors import (
+    ContextError,
+    FormatError,
+    KeyMismatchError,
+    RoundAlreadyReleasedError,
+)
 
 ROSTER = ["a", "b", "c"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 4.0}
-
 
 
 def _update(seed: int) -> dict[str, torch.Tensor]:
@@ -72,9 +76,15 @@ def test_update_bytes_round_trip_exactly(small_keys: secagg.KeyHolder, signed: b
     assert secagg.EncryptedUpdate.from_bytes(bytearray(blob)).to_bytes() == blob
 
 
+def _twin(keys: secagg.KeyHolder) -> secagg.KeyHolder:
+    """An independent copy of a key holder's current state (same key, same rounds)."""
+    return secagg.KeyHolder.from_bytes(keys.to_bytes())
+
+
 def test_aggregate_round_trips_under_server_context_and_key_holder(
     small_keys: secagg.KeyHolder,
 ) -> None:
+    twin = _twin(small_keys)
     server_bytes = small_keys.server_context()
     server = secagg.ServerContext.from_bytes(server_bytes)
     agg = secagg.Aggregator(server_bytes, round_id=9, roster=ROSTER, min_clients=2)
@@ -96,14 +106,17 @@ def test_aggregate_round_trips_under_server_context_and_key_holder(
         assert loaded.fingerprint == small_keys.fingerprint
         assert loaded.num_contributors == 2
     _check_mean(small_keys.release(on_holder), ["a", "c"])
-    _check_mean(small_keys.release(data), ["a", "c"])  # release accepts bytes too
+    with pytest.raises(RoundAlreadyReleasedError):  # the same aggregate as bytes: round 9 again
+        small_keys.release(data)
+    _check_mean(twin.release(data), ["a", "c"])  # release accepts bytes too
     with pytest.raises(KeyMismatchError):
         secagg.EncryptedAggregate.from_bytes(data, secagg.KeyHolder.generate("small"))
 
 
-def test_aggregate_plus_update_leaves_the_original_unchanged(
-    small_keys: secagg.KeyHolder,
-) -> None:
+def test_aggregate_plus_update_leaves_the_original_unchanged() -> None:
+    # One copy of the (1-client-policy) key state per release: all sums are of round 9.
+    small_keys = secagg.KeyHolder.generate("small", min_clients=1)
+    holders = [_twin(small_keys) for _ in range(3)]
     server = secagg.ServerContext.from_bytes(small_keys.server_context())
     base = secagg.EncryptedAggregate.from_update(server, _encrypt(small_keys, "a"))
     before = base.to_bytes()
@@ -112,12 +125,12 @@ def test_aggregate_plus_update_leaves_the_original_unchanged(
     assert base.to_bytes() == before
     assert base.contributors == ("a",)
     assert total.contributors == ("a", "b", "c")
-    _check_mean(small_keys.release(total), ROSTER)
-    _check_mean(small_keys.release(base, min_clients=1), ["a"])
+    _check_mean(holders[0].release(total), ROSTER)
+    _check_mean(holders[1].release(base, min_clients=1), ["a"])
     # add_update is the in-place form of +
     base.add_update(_encrypt(small_keys, "b"))
     assert base.contributors == ("a", "b")
-    _check_mean(small_keys.release(base), ["a", "b"])
+    _check_mean(holders[2].release(base), ["a", "b"])
 
 
 def test_server_context_round_trips(small_keys: secagg.KeyHolder) -> None:
@@ -136,15 +149,20 @@ def test_server_context_round_trips(small_keys: secagg.KeyHolder) -> None:
 
 
 def test_key_holder_round_trips_its_budget_state() -> None:
-    holder = secagg.KeyHolder.generate("small", decryption_budget=50, statistical_security=40)
+    holder = secagg.KeyHolder.generate(
+        "small", decryption_budget=50, statistical_security=40, min_clients=5
+    )
     holder.decryptions_used = 7
+    holder.last_released_round = 12
     again = secagg.KeyHolder.from_bytes(holder.to_bytes())
     assert again.to_bytes() == holder.to_bytes()
-    assert (again.decryption_budget, again.decryptions_used, again.statistical_security) == (
-        50,
-        7,
-        40,
-    )
+    assert (
+        again.decryption_budget,
+        again.decryptions_used,
+        again.statistical_security,
+        again.min_clients,
+        again.last_released_round,
+    ) == (50, 7, 40, 5, 12)
     assert again.flooding_std(3) == holder.flooding_std(3)
 
 

@@ -22,7 +22,6 @@ PREFIX = struct.Struct(">4sHIQH")
 ROSTER = ["a", "b"]
 
 
-
 def _reframe(data: bytes, magic: bytes, header_text: Callable[[str], str]) -> bytes:
     """Rewrite a frame's header text and fix up the prefix lengths."""
     frame = wire.unpack_frame(data, magic, max_chunk_bytes=1 << 30)
@@ -87,8 +86,21 @@ HUGE_INT = "9" * 5000
             lambda h: h.replace('"decryption_budget":65536', f'"decryption_budget":{HUGE_INT}'),
         ),
         ("aggregate", lambda h: h.replace('"min_clients":1', f'"min_clients":{HUGE_INT}')),
+        ("key", lambda h: h.replace('"min_clients":2', f'"min_clients":{HUGE_INT}')),
+        (
+            "key",
+            lambda h: h.replace('"last_released_round":-1', f'"last_released_round":{HUGE_INT}'),
+        ),
     ],
-    ids=["update-round", "update-pad", "server-pad", "key-budget", "aggregate-min"],
+    ids=[
+        "update-round",
+        "update-pad",
+        "server-pad",
+        "key-budget",
+        "aggregate-min",
+        "key-min-clients",
+        "key-last-round",
+    ],
 )
 def test_header_number_too_long_for_python_is_a_typed_error(
     small_keys: secagg.KeyHolder, kind: str, edit: Callable[[str], str]
@@ -105,8 +117,19 @@ def test_header_number_too_long_for_python_is_a_typed_error(
         ("key", lambda h: h.replace('"coeff_bits":[60,49]', '"coeff_bits":[-Infinity,49]')),
         ("update", lambda h: h.replace('"round_id":1', '"round_id":Infinity')),
         ("aggregate", lambda h: h.replace('"round_id":1', '"round_id":NaN')),
+        ("key", lambda h: h.replace('"min_clients":2', '"min_clients":Infinity')),
+        ("key", lambda h: h.replace('"last_released_round":-1', '"last_released_round":NaN')),
     ],
-    ids=["server-inf", "server-nan", "server-1e400", "key-neg-inf", "update-inf", "aggregate-nan"],
+    ids=[
+        "server-inf",
+        "server-nan",
+        "server-1e400",
+        "key-neg-inf",
+        "update-inf",
+        "aggregate-nan",
+        "key-min-clients-inf",
+        "key-last-round-nan",
+    ],
 )
 def test_non_finite_json_numbers_in_headers_are_typed_errors(
     small_keys: secagg.KeyHolder, kind: str, edit: Callable[[str], str]
@@ -184,9 +207,11 @@ def test_spec_with_an_impossible_number_of_values_is_refused(
     assert spec.numel == math.prod(shape)  # if accepted, the count must be right
 
 
-def test_payload_with_a_re_hashed_plausible_spec_is_accepted(small_keys: secagg.KeyHolder) -> None:
+def test_payload_with_a_re_hashed_plausible_spec_is_accepted() -> None:
     # Guards the helper above: a forged but consistent layout of the right size passes,
-    # so the refusals of impossible layouts are not hash mismatches.
+    # so the refusals of impossible layouts are not hash mismatches. (A 1-client sum: the
+    # key holder's policy must allow it.)
+    small_keys = secagg.KeyHolder.generate("small", min_clients=1)
     payload = _update_with_spec(small_keys, [["v", [2, 5], "float64"]])
     agg = secagg.Aggregator(small_keys.server_context(), round_id=1, roster=ROSTER, min_clients=1)
     assert agg.add(payload) == "a"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
@@ -29,14 +31,29 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+import secagg
+from secagg.errors import (
+    ConfigurationError,
+    ContextError,
+    ReleaseError,
+    RoundAlreadyReleasedError,
+    SecretKeyExposureError,
+)
 from secagg.protocols import Federation, FederationConfig
 from secagg.protocols.flower import (
+    app_pyproject,
+    config_from_run_config,
     generate_keys,
     load_secret_context,
+    load_server_context,
+    node_role,
     run_config_from_config,
+    write_app,
 )
 from secagg.protocols.flower.client_app import app as client_app
-from secagg.protocols.flower.server_app import run_server
+from secagg.protocols.flower.client_app import handle_release
+from secagg.protocols.flower.records import bytes_record
+from secagg.protocols.flower.server_app import FlowerServer, run_server
 
 pytestmark = [pytest.mark.flower, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -169,17 +186,15 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _contexts(
-    run_config: dict[str, Any], key_files: Any, *, clients: int = 3, key_holder: int = 0
+    run_config: dict[str, Any], key_files: Any, *, clients: int = 3, secret: bool = True
 ) -> dict[int, Context]:
+    """Client nodes 101, 102, ...; node 101 is also the key holder."""
     contexts = {}
     for index in range(clients):
-        node_config: dict[str, Any] = {
-            "partition-id": index,
-            "num-partitions": clients,
-            "secret-context": str(key_files.secret_context),
-        }
-        if index == key_holder:
-            node_config["key-holder"] = True
+        node_config: dict[str, Any] = {"partition-id": index, "num-partitions": clients}
+        if secret:
+            node_config["secret-context"] = str(key_files.secret_context)
+            node_config["key-holder"] = index == 0
         node = 101 + index
         contexts[node] = Context(RUN_ID, node, node_config, RecordDict(), dict(run_config))
     return contexts
@@ -202,9 +217,9 @@ def _ledger(context: Context) -> list[Any]:
 # ---------------------------------------------------------------------- the main check
 def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Path) -> None:
     config = tiny()
-    expected = Federation(config).run()
-    federation = Federation(config)  # only to read the flooding noise of this key size
-    keys = load_secret_context(key_files.secret_context)
+    federation = Federation(config)
+    expected = federation.run()
+    assert federation.keys is not None
 
     run_config = run_config_from_config(
         config, server_context=str(key_files.server_context), output=str(tmp_path / "out")
@@ -227,16 +242,16 @@ def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Pa
     # starts from slightly different weights, which the 8-sigma margin absorbs).
     contributors = len(expected.metrics[-1].contributors)
     weight_sum = sum(len(p) for p in federation.partitions) / federation.weight_bound
-    sigma = keys.flooding_std(contributors) / weight_sum
+    sigma = federation.keys.flooding_std(contributors) / weight_sum
     tolerance = 8 * (2 * config.rounds) ** 0.5 * sigma
     difference = _max_abs_diff(result.global_state, expected.global_state)
     print(f"flower vs in-process: max |Δw| = {difference:.3g}, tolerance {tolerance:.3g}")
     assert difference < tolerance
 
-    # The ledgers on the nodes hold both rounds (every client contributed twice).
-    for context in grid.contexts.values():
-        assert sum(steps for _, _, steps in _ledger(context)) > 0
-        assert context.state.config_records["secagg.client"]["undo-round"] == 2
+    # Each node's privacy ledger equals its in-process twin's (both rounds committed).
+    for index, context in enumerate(grid.contexts.values()):
+        history = federation.clients[index].state_dict()["accountant"]["history"]  # type: ignore[union-attr]
+        assert _ledger(context) == history and len(history) > 0
 
     # The ServerApp wrote the final global state and metrics where the run config said.
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -248,3 +263,142 @@ def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Pa
     types = {(m.metadata.message_type, m.metadata.dst_node_id) for m in grid.sent}
     assert {t for t, _ in types} == {"train", "query.release"}
     assert {n for t, n in types if t == "query.release"} == {101}
+
+
+def test_plaintext_dp_run_is_identical_to_the_in_process_federation(tmp_path: Path) -> None:
+    # Without HE there is no flooding noise: the two engines must agree exactly.
+    config = tiny(he=False)
+    federation = Federation(config)
+    expected = federation.run()
+    run_config = run_config_from_config(config)
+    grid = InMemoryGrid(_contexts(run_config, None, secret=False))
+    result = run_server(grid, _server_context(run_config))
+    assert _max_abs_diff(result.global_state, expected.global_state) == 0.0
+    assert [m.loss for m in result.metrics] == [m.loss for m in expected.metrics]
+    assert [m.epsilon_max for m in result.metrics] == [m.epsilon_max for m in expected.metrics]
+
+
+def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any) -> None:
+    # Round 2 needs all three updates; node 102's reply is lost, so round 2 is skipped:
+    # the global model and every ledger must end as after round 1 alone.
+    config = tiny(min_clients=3)
+    one_round = Federation(dataclasses.replace(config, rounds=1))
+    expected = one_round.run()
+    assert one_round.keys is not None
+
+    run_config = run_config_from_config(config, server_context=str(key_files.server_context))
+
+    def lose_round_two_of_node_102(message: Message) -> bool:
+        return message.metadata.dst_node_id == 102 and message.metadata.group_id == "2"
+
+    grid = InMemoryGrid(_contexts(run_config, key_files), drop=lose_round_two_of_node_102)
+    result = run_server(grid, _server_context(run_config))
+
+    first, second = result.metrics
+    assert first.status == "completed" and second.status == "skipped"
+    assert second.contributors == ["client-000", "client-002"]
+    assert "client-001" in second.dropped
+    assert second.epsilon_max == pytest.approx(first.epsilon_max)
+    weight_sum = sum(len(p) for p in one_round.partitions) / one_round.weight_bound
+    tolerance = 8 * 2**0.5 * one_round.keys.flooding_std(3) / weight_sum
+    assert _max_abs_diff(result.global_state, expected.global_state) < tolerance
+    # Every node trained round 2, and was told at the end of the run to roll it back.
+    assert [m.metadata.message_type for m in grid.sent[-3:]] == ["query.outcome"] * 3
+    for index, context in enumerate(grid.contexts.values()):
+        history = one_round.clients[index].state_dict()["accountant"]["history"]  # type: ignore[union-attr]
+        assert _ledger(context) == history
+
+
+# ---------------------------------------------------------------------- keys and configs
+def test_server_refuses_a_context_that_holds_a_secret_key(key_files: Any) -> None:
+    run_config = run_config_from_config(tiny(), server_context=str(key_files.secret_context))
+    with pytest.raises(SecretKeyExposureError):
+        FlowerServer(InMemoryGrid({}), run_config)
+    with pytest.raises(SecretKeyExposureError):
+        load_server_context(key_files.secret_context)
+    assert load_server_context(key_files.server_context).can_decrypt() is False
+
+
+def test_generated_key_files_have_safe_modes_and_stay_out_of_app_folders(tmp_path: Path) -> None:
+    files = generate_keys(tmp_path / "keys", min_clients=3)
+    assert stat.S_IMODE(files.secret_context.stat().st_mode) == 0o600
+    assert stat.S_IMODE(files.server_context.stat().st_mode) == 0o644
+    assert load_secret_context(files.secret_context).min_clients == 3
+    with pytest.raises(ConfigurationError, match="already exist"):
+        generate_keys(tmp_path / "keys")
+    app = write_app(tmp_path / "app")
+    with pytest.raises(ConfigurationError, match="app folder"):
+        generate_keys(app / "keys")
+    with pytest.raises(ConfigurationError, match="other files"):
+        write_app(files.secret_context.parent)
+    os.chmod(files.secret_context, 0o644)
+    with pytest.raises(ContextError, match="chmod 600"):
+        load_secret_context(files.secret_context)
+
+
+def test_the_app_folder_in_the_source_tree_is_up_to_date() -> None:
+    folder = Path(__file__).resolve().parents[1] / "protocols" / "flower" / "app"
+    assert sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]
+    assert (folder / "pyproject.toml").read_text(encoding="utf-8") == app_pyproject()
+
+
+def test_run_config_round_trips_and_rejects_bad_values() -> None:
+    config = tiny(dirichlet_alpha=None, epsilon=4.0, noise_multiplier=None, max_examples=None)
+    run_config = run_config_from_config(config, server_context="/keys/server", round_timeout=30)
+    decoded, options = config_from_run_config(run_config)
+    assert decoded == config
+    assert options.server_context == Path("/keys/server") and options.round_timeout == 30.0
+    with pytest.raises(ConfigurationError, match="unknown run config"):
+        config_from_run_config({**run_config, "epochs": 3})
+    with pytest.raises(ConfigurationError, match="integer"):
+        config_from_run_config({**run_config, "rounds": 2.5})
+    with pytest.raises(ConfigurationError, match="server-context"):
+        config_from_run_config({**run_config, "server-context": ""})
+    with pytest.raises(ConfigurationError, match="attention"):
+        run_config_from_config(dataclasses.replace(config, attention_analysis=True))
+
+
+def test_node_roles() -> None:
+    role = node_role({"partition-id": 2, "num-partitions": 3, "secret-context": "/k"})
+    assert role.is_client and role.partition_id == 2 and not role.key_holder
+    holder = node_role({"key-holder": True, "secret-context": "/k"})
+    assert holder.key_holder and not holder.is_client
+    with pytest.raises(ConfigurationError):
+        node_role({"partition-id": 3, "num-partitions": 3})
+    with pytest.raises(ConfigurationError):
+        node_role({"partition-id": 0})
+    with pytest.raises(ConfigurationError):
+        node_role({"key-holder": True})
+
+
+def test_only_the_key_holder_releases_and_each_round_once(tmp_path: Path) -> None:
+    files = generate_keys(tmp_path / "keys")
+    keys = load_secret_context(files.secret_context)
+    roster = ["client-000", "client-001"]
+    aggregator = secagg.Aggregator(
+        load_server_context(files.server_context), round_id=5, roster=roster, min_clients=2
+    )
+    for cid in roster:
+        update = {"w": torch.full((4,), 0.5)}
+        aggregator.add(
+            secagg.encrypt_update(
+                keys, update, weight=10, weight_bound=16, round_id=5, client_id=cid, roster=roster
+            )
+        )
+    content = RecordDict(
+        {
+            "aggregate": bytes_record(aggregator.finalize().to_bytes()),
+            "release": ConfigRecord({"round": 5, "min-clients": 2}),
+        }
+    )
+    run_config = run_config_from_config(tiny(), server_context=str(files.server_context))
+    node = {"partition-id": 0, "num-partitions": 3, "secret-context": str(files.secret_context)}
+    client_only = Context(RUN_ID, 101, node, RecordDict(), run_config)
+    with pytest.raises(ReleaseError, match="not the key holder"):
+        handle_release(content, client_only)
+    holder = Context(RUN_ID, 101, {**node, "key-holder": True}, RecordDict(), run_config)
+    reply = handle_release(content, holder)
+    mean = reply.array_records["mean"].to_torch_state_dict()["w"]
+    assert torch.allclose(mean, torch.full((4,), 0.5), atol=1e-2)
+    with pytest.raises(RoundAlreadyReleasedError):
+        handle_release(content, holder)

@@ -68,6 +68,15 @@ def _check_counts(summary: dict[str, Any], cases: int, other_cases: int) -> None
         target = targets[name]
         assert target["cases"] == other_cases >= 300
         assert target["accepted"] + sum(target["errors"].values()) == other_cases
+    # Fuzzed aggregates the loader accepts are released, each by a fresh copy of the key:
+    # they must reach the integrity checks, not stop at the once-per-round rule.
+    loaded = targets["EncryptedAggregate.from_bytes"]["accepted"]
+    releases = targets["KeyHolder.release(fuzzed aggregate)"]
+    assert releases["cases"] == loaded > 0
+    assert releases["accepted"] > 0
+    assert releases["errors"].get("RosterError", 0) > 0
+    assert releases["errors"].get("RoundAlreadyReleasedError", 0) <= releases["cases"] // 4
+    assert summary["unmutated_aggregate_releases"] is True
     assert summary["sum_intact_after_rejections"] is True
     assert summary["sums_changed_by_a_rejection"] == 0
     assert summary["rejections_checked"] > cases // 2

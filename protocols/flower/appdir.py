@@ -14,7 +14,7 @@ from pathlib import Path
 from ...errors import ConfigurationError
 from .config import DEFAULT_CONFIG, run_config_from_config
 
-__all__ = ["APP_NAME", "app_pyproject", "write_app"]
+__all__ = ["APP_NAME", "app_pyproject", "toml_value", "write_app"]
 
 APP_NAME = "secagg-flower"
 
@@ -45,7 +45,8 @@ clientapp = "secagg.protocols.flower.client_app:app"
 '''
 
 
-def _toml_value(value: bool | int | float | str) -> str:
+def toml_value(value: bool | int | float | str) -> str:
+    """A run-config or node-config value in TOML syntax."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -57,7 +58,7 @@ def _toml_value(value: bool | int | float | str) -> str:
 def app_pyproject() -> str:
     """The app folder's ``pyproject.toml`` text (run config defaults included)."""
     lines = [
-        f"{key} = {_toml_value(value)}"
+        f"{key} = {toml_value(value)}"
         for key, value in run_config_from_config(DEFAULT_CONFIG).items()
     ]
     return _HEADER + "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""A real loopback Flower deployment: SuperLink, three SuperNodes and ``flwr run`` on 127.0.0.1.
+
+Free ports are picked at run time, every process gets a temporary ``FLWR_HOME``,
+runtime dependency installation and update checks are off, and every process (with
+the SuperExec and app processes they start) is stopped by PID in the fixture's
+teardown, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import torch
+
+from secagg.protocols import Federation, FederationConfig
+from secagg.protocols.aggregation import state_from_bytes
+from secagg.protocols.flower import generate_keys, run_config_from_config, write_app
+from secagg.protocols.flower.deploy import LocalDeployment, is_running
+from secagg.protocols.flower.keys import KeyFiles
+from secagg.protocols.flower.server_app import GLOBAL_STATE_FILE, METRICS_FILE
+
+pytestmark = [
+    pytest.mark.deployment,
+    pytest.mark.flower,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+NODES = 3
+RUN_TIMEOUT = 300.0  # seconds for `flwr run` (the whole run), on a busy 2-core machine
+TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
+
+
+def tiny() -> FederationConfig:
+    """The same small federation as the in-process Flower test: 3 clients, 2 rounds."""
+    return FederationConfig(
+        dataset="digits",
+        clients=NODES,
+        rounds=2,
+        fraction=1.0,
+        min_clients=2,
+        max_examples=300,
+        batch_size=32,
+        lr=0.5,
+        client_optimizer="sgd",
+        model_overrides=TINY_MODEL,
+        attention_analysis=False,
+        noise_multiplier=1.0,
+        seed=11,
+    )
+
+
+@pytest.fixture
+def key_files(tmp_path: Path) -> KeyFiles:
+    return generate_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, key_files: KeyFiles) -> Iterator[LocalDeployment]:
+    """SuperLink + SuperNodes, stopped by PID at teardown (also when the test fails)."""
+    local = LocalDeployment(tmp_path / "work", key_files, nodes=NODES)
+    tree: list[tuple[int, str | None]] = []
+    try:
+        local.start()
+        yield local
+    finally:
+        tree = local.process_tree()
+        local.stop()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(is_running(p, s) for p, s in tree):
+        time.sleep(0.2)
+    assert not [pid for pid, started in tree if is_running(pid, started)]
+
+
+def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_loopback_deployment_matches_the_in_process_federation(
+    tmp_path: Path, key_files: KeyFiles, deployment: LocalDeployment
+) -> None:
+    config = tiny()
+    app = write_app(tmp_path / "app")
+    output = tmp_path / "output"
+    run_config = run_config_from_config(
+        config,
+        server_context=str(key_files.server_context),
+        output=str(output),
+        threads=1,
+        node_wait_timeout=60,
+        round_timeout=RUN_TIMEOUT,
+        release_timeout=RUN_TIMEOUT,
+    )
+    seconds = deployment.run(app, run_config, timeout=RUN_TIMEOUT)
+    print(f"flwr run: {seconds:.1f} s")
+
+    written: dict[str, Any] = json.loads((output / METRICS_FILE).read_text())
+    assert written["finished"] is True
+    statuses = [m["status"] for m in written["metrics"]]
+    assert statuses == ["completed", "completed"], written["metrics"]
+    state = state_from_bytes((output / GLOBAL_STATE_FILE).read_bytes())
+
+    torch.set_num_threads(1)
+    federation = Federation(config)
+    expected = federation.run()
+    assert federation.keys is not None
+    for ours, theirs in zip(written["metrics"], expected.metrics, strict=True):
+        assert ours["sampled"] == theirs.sampled
+        assert ours["contributors"] == theirs.contributors
+        assert ours["epsilon_max"] == pytest.approx(theirs.epsilon_max, rel=1e-9)
+    # Independent flooding noise in each engine's releases (see the in-process test).
+    contributors = len(expected.metrics[-1].contributors)
+    weight_sum = sum(len(p) for p in federation.partitions) / federation.weight_bound
+    sigma = federation.keys.flooding_std(contributors) / weight_sum
+    tolerance = 8 * (2 * config.rounds) ** 0.5 * sigma
+    difference = _max_abs_diff(state, expected.global_state)
+    print(f"deployment vs in-process: max |Δw| = {difference:.3g}, tolerance {tolerance:.3g}")
+    assert difference < tolerance
+    assert dataclasses.asdict(config) == written["config"]
