@@ -88,8 +88,10 @@ def _markdown(results: dict[str, Any]) -> str:
     for dataset, result in results.items():
         for name, row in result["rows"].items():
             eps = row.get("epsilon_max")
-            eps_text = "∞" if eps is None and name != "centralised, non-private" else (
-                "—" if eps is None else f"{eps:.2f}"
+            eps_text = (
+                "∞"
+                if eps is None and name != "centralised, non-private"
+                else ("—" if eps is None else f"{eps:.2f}")
             )
             seconds = f"{row['seconds']:.0f}" if "seconds" in row else "—"
             lines.append(f"| {dataset} | {name} | {row['accuracy']:.4f} | {eps_text} | {seconds} |")

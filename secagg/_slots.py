@@ -16,13 +16,25 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["CHUNK_TAG_SCALE", "chunk_tag", "round_tag"]
+from .errors import FormatError
+
+__all__ = ["CHUNK_TAG_SCALE", "MAX_ROUND_ID", "chunk_tag", "round_tag"]
 
 CHUNK_TAG_SCALE = float(1 << 24)
+# Round ids are non-negative 63-bit integers (they are hashed as 8 bytes).
+MAX_ROUND_ID = (1 << 63) - 1
 
 
 def round_tag(round_id: int) -> float:
-    """A value in [0, 1) with 30 bits derived from ``round_id`` by SHA-256."""
+    """A value in [0, 1) with 30 bits derived from ``round_id`` by SHA-256.
+
+    Raises
+    ------
+    FormatError
+        If ``round_id`` is outside ``[0, MAX_ROUND_ID]``.
+    """
+    if not 0 <= round_id <= MAX_ROUND_ID:
+        raise FormatError(f"round id {round_id} is outside [0, 2^63)")
     digest = hashlib.sha256(b"secagg-round-tag-v1\x00" + round_id.to_bytes(8, "big")).digest()
     return (int.from_bytes(digest[:4], "big") >> 2) / float(1 << 30)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._files import atomic_write_bytes
 from ._seal import SealSession, parameters_for, parameters_from_bytes, parameters_to_bytes
+from ._slots import MAX_ROUND_ID
 from .aggregate import EncryptedAggregate
 from .context import (
     _preset_from_header,
@@ -25,6 +26,7 @@ from .errors import (
     FormatError,
     KeyMismatchError,
     ReleaseError,
+    RosterError,
     RoundAlreadyReleasedError,
 )
 from .presets import Preset, get_preset
@@ -283,18 +285,17 @@ class KeyHolder:
                 f"releasing needs {needed} decryptions but only {self.decryptions_left} of "
                 f"{self.decryption_budget} are left; rotate the keys (KeyHolder.generate)"
             )
+        if not 0 <= aggregate.round_id <= MAX_ROUND_ID:
+            raise RosterError(f"round id {aggregate.round_id} is outside [0, 2^63)")
         if aggregate.round_id <= self.last_released_round:
             raise RoundAlreadyReleasedError(
                 f"round {aggregate.round_id} is not after the last released round "
                 f"{self.last_released_round}: one release per round, in order"
             )
         threshold = max(self.min_clients, aggregate.min_clients, min_clients or 1)
-        # Spend the budget and the round first (and persist them): a crash can waste
-        # budget, never reuse it.
+        # Spend the budget first (and persist it): a crash can waste budget, never reuse it.
         self.decryptions_used += needed
-        self.last_released_round = aggregate.round_id
-        if self._path is not None:
-            atomic_write_bytes(self._path, self.to_bytes(), mode=0o600)
+        self._persist()
         preset = self.preset
         contributors = len(aggregate.contributors)
         plain = np.stack([self._session.decrypt(ct) for ct in aggregate.ciphertexts])
@@ -318,6 +319,10 @@ class KeyHolder:
                 f"flooding deviations ({sigma:.3g}) of zero; use a tighter public weight_bound"
             )
         mean = unflatten_update(flooded / weight_sum, aggregate.spec)
+        # The round is spent only by a release that passed every check (persisted before
+        # anything leaves): a refused forgery cannot block the honest sum of its round.
+        self.last_released_round = aggregate.round_id
+        self._persist()
         return ReleasedAggregate(
             mean=mean,
             weight_sum=weight_sum,
@@ -325,6 +330,10 @@ class KeyHolder:
             round_id=aggregate.round_id,
             flooding_std=sigma,
         )
+
+    def _persist(self) -> None:
+        if self._path is not None:
+            atomic_write_bytes(self._path, self.to_bytes(), mode=0o600)
 
     def decrypt_aggregate(
         self, aggregate: EncryptedAggregate | bytes, *, min_clients: int | None = None

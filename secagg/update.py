@@ -30,7 +30,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._seal import SealSession
-from ._slots import CHUNK_TAG_SCALE, round_tag
+from ._slots import CHUNK_TAG_SCALE, MAX_ROUND_ID, round_tag
 from .errors import ConfigurationError, FormatError, UpdateValueError
 from .presets import Preset
 from .spec import UpdateSpec, flatten_update
@@ -106,10 +106,13 @@ class EncryptedUpdate:
             raise FormatError(f"client {client_id!r} is not on the payload's own roster")
         if field(header, "roster_digest", str) != roster_digest(roster):
             raise FormatError("roster digest does not match the roster")
+        round_id = field(header, "round_id", int)
+        if not 0 <= round_id <= MAX_ROUND_ID:
+            raise FormatError(f"round id {round_id} is outside [0, 2^63)")
         return cls(
             fingerprint=field(header, "fingerprint", str),
             spec=spec,
-            round_id=field(header, "round_id", int),
+            round_id=round_id,
             client_id=client_id,
             roster=tuple(roster),
             preset_name=field(header, "preset", str),
@@ -210,8 +213,10 @@ def encrypt_update(
 def _check_round_args(
     preset: Preset, *, round_id: int, client_id: str, roster: Sequence[str]
 ) -> None:
-    if not isinstance(round_id, int) or isinstance(round_id, bool) or round_id < 0:
-        raise ConfigurationError(f"round_id must be a non-negative int, got {round_id!r}")
+    if not isinstance(round_id, int) or isinstance(round_id, bool):
+        raise ConfigurationError(f"round_id must be an int, got {round_id!r}")
+    if not 0 <= round_id <= MAX_ROUND_ID:
+        raise ConfigurationError(f"round_id must be in [0, 2^63), got {round_id}")
     if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID_LENGTH:
         raise ConfigurationError("client_id must be a non-empty string of at most 256 chars")
     roster = list(roster)

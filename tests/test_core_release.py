@@ -190,8 +190,10 @@ def test_key_file_remembers_the_last_released_round_and_the_policy(tmp_path: Pat
             reloaded.release(_aggregate(holder, ROSTER, round_id=round_id))
     with pytest.raises(RosterError, match="min_clients=3"):  # the policy survived the reload
         reloaded.release(_aggregate(holder, ["a", "b"], min_clients=1, round_id=9))
-    # The refusal above spent round 9 on disk too; round 10 is still open.
-    assert secagg.KeyHolder.load(path).last_released_round == 9
+    # A refused release spends budget (on disk) but not its round: only a release that
+    # passed every check spends a round, so round 9 is still open, and so is round 10.
+    assert secagg.KeyHolder.load(path).last_released_round == 8
+    assert secagg.KeyHolder.load(path).decryptions_used == 2
     assert reloaded.release(_aggregate(holder, ROSTER, round_id=10)).round_id == 10
     assert secagg.KeyHolder.load(path).last_released_round == 10
     # The in-memory form round-trips the same state.
@@ -224,7 +226,8 @@ def test_release_refuses_fewer_contributors_than_min_clients(
 ) -> None:
     with pytest.raises(RosterError, match="min_clients=3"):
         solo_keys.release(_aggregate(solo_keys, ["a", "b"], round_id=1), min_clients=3)
-    assert solo_keys.last_released_round == 1  # a refused release still spends its round
+    assert solo_keys.last_released_round == -1  # a refused release does not spend its round
+    assert solo_keys.decryptions_used == 1  # but it spends budget
     enc = _aggregate(solo_keys, ["a", "b"], round_id=2)
     assert solo_keys.release(enc, min_clients=2).contributors == ("a", "b")
     single = _aggregate(solo_keys, ["a"], min_clients=1, round_id=3)
@@ -407,8 +410,10 @@ def test_ciphertexts_relabelled_as_the_next_round_are_refused(
         relabelled = secagg.EncryptedAggregate(**{**_fields(honest), "round_id": 5})
     with pytest.raises(RosterError, match="round tags do not match round 5"):
         small_keys.release(relabelled)
-    # The refusal spent round 5 and the budget, before decrypting.
-    assert (small_keys.last_released_round, small_keys.decryptions_used) == (5, 1)
+    # The refusal spent budget (before decrypting) but not round 5: a forged relabel must
+    # not block the honest round-5 sum.
+    assert (small_keys.last_released_round, small_keys.decryptions_used) == (-1, 1)
+    assert small_keys.release(_aggregate(small_keys, ["a", "b"], round_id=5)).round_id == 5
 
 
 def test_ciphertexts_relabelled_as_an_unreleased_older_round_are_refused(
@@ -466,7 +471,8 @@ def test_release_refuses_a_weight_sum_drowned_by_flooding() -> None:
         with pytest.raises(ReleaseError, match="weight sum") as info:
             holder.release(agg.finalize())
         assert type(info.value) is ReleaseError  # not a roster or round refusal
-        assert holder.last_released_round == round_id  # spent, like any refusal
+        assert holder.last_released_round == -1  # a refusal releases nothing: no round spent
+        assert holder.decryptions_used == round_id  # but the decryption budget is spent
     # A usable weight sum (1.0, about 16 σ) is released, and close to the truth.
     agg = secagg.Aggregator(holder.server_context(), round_id=6, roster=ROSTER, min_clients=1)
     agg.add(_encrypt(holder, "a", weight=1.0, weight_bound=1.0, round_id=6))
@@ -485,13 +491,6 @@ def test_released_values_follow_the_honest_aggregate(small_keys: secagg.KeyHolde
     assert release.weight_sum == pytest.approx(1.5, abs=7 * release.flooding_std + 1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="core bug: secagg/_slots.py round_tag() packs round_id into 8 bytes; a round id "
-    ">= 2**64 raises OverflowError, in release() after the round and budget are spent, and "
-    "in encrypt_update() (which only checks round_id >= 0)",
-)
 @pytest.mark.parametrize("where", ["release", "encrypt"])
 def test_round_ids_beyond_the_round_tag_domain_raise_secagg_errors(
     solo_keys: secagg.KeyHolder, where: str
@@ -503,3 +502,6 @@ def test_round_ids_beyond_the_round_tag_domain_raise_secagg_errors(
     forged = _with_header(_aggregate(solo_keys, ["a", "b"]).to_bytes(), round_id=2**64)
     with pytest.raises(secagg.errors.SecaggError):
         solo_keys.release(forged)
+    # Nothing was spent by the out-of-range id, and the honest rounds stay open.
+    assert solo_keys.last_released_round == -1
+    assert solo_keys.release(_aggregate(solo_keys, ["a", "b"], round_id=3)).round_id == 3

@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("fuzz_payloads.py")
 SEED = 20240611
-DEFAULT_CASES = 1000
+DEFAULT_CASES = 2000  # with the other parsers and checkpoints: > 5,000 cases per CI run
 
 
 def _run_fuzz(cases: int, other_cases: int, seed: int, timeout: float) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..._files import atomic_write_bytes
 from ...errors import ConfigurationError, SecaggError
 from ..aggregation import state_from_bytes
 from ..federation import FederationConfig
@@ -47,6 +48,7 @@ __all__ = [
     "free_port",
     "is_running",
     "main",
+    "make_certificates",
     "run_local",
     "stop_process",
 ]
@@ -173,6 +175,10 @@ class LocalDeployment:
     dedicated_key_holder : bool, optional
         Start one more SuperNode that only holds the key (releases); otherwise the node
         of partition 0 is also the key holder.
+    tls : bool, optional
+        Serve the SuperLink over TLS with a throw-away CA and server certificate (for
+        127.0.0.1) made in ``workdir/certs``; SuperNodes and ``flwr run`` verify it with
+        the CA certificate. Default: ``--insecure`` (loopback only).
     startup_timeout : float, optional
         Most seconds to wait for the SuperLink to listen.
     """
@@ -184,6 +190,7 @@ class LocalDeployment:
         *,
         nodes: int,
         dedicated_key_holder: bool = False,
+        tls: bool = False,
         startup_timeout: float = 60.0,
     ) -> None:
         if nodes < 1:
@@ -195,6 +202,8 @@ class LocalDeployment:
         self.nodes = nodes
         self.dedicated_key_holder = dedicated_key_holder
         self.startup_timeout = startup_timeout
+        self.tls = tls
+        self.certs: dict[str, Path] = {}
         self.log_dir = self.workdir / "logs"
         self.port = 0
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -263,9 +272,22 @@ class LocalDeployment:
         """Start the SuperLink, wait until it listens, then start the SuperNodes."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        if self.tls:
+            self.certs = make_certificates(self.workdir / "certs")
+            security = [
+                "--ssl-ca-certfile",
+                str(self.certs["ca"]),
+                "--ssl-certfile",
+                str(self.certs["cert"]),
+                "--ssl-keyfile",
+                str(self.certs["key"]),
+            ]
+            node_security = ["--root-certificates", str(self.certs["ca"])]
+        else:
+            security = node_security = ["--insecure"]
         superlink = [
             str(self._bin / "flower-superlink"),
-            "--insecure",
+            *security,
             "--host",
             HOST,
             "--port",
@@ -289,7 +311,7 @@ class LocalDeployment:
             name = "key-holder" if index is None else f"supernode-{index}"
             supernode = [
                 str(self._bin / "flower-supernode"),
-                "--insecure",
+                *node_security,
                 "--superlink",
                 f"{HOST}:{self.port}",
                 "--host",
@@ -337,9 +359,14 @@ class LocalDeployment:
         """
         home = self.workdir / "homes" / "flwr-run"
         home.mkdir(parents=True, exist_ok=True)
+        security = (
+            f"root-certificates = {toml_value(str(self.certs['ca']))}\n"
+            if self.tls
+            else "insecure = true\n"
+        )
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{HOST}:{self.port}"\ninsecure = true\n',
+            f'address = "{HOST}:{self.port}"\n{security}',
             encoding="utf-8",
         )
         overrides = self.workdir / "run-config.toml"
@@ -370,11 +397,79 @@ class LocalDeployment:
         return time.monotonic() - start
 
 
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost (local TLS runs).
+
+    Returns the paths of ``ca`` (CA certificate), ``cert`` (server certificate) and
+    ``key`` (server private key, mode 0600).
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("secagg local CA"))
+        .issuer_name(name("secagg local CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(HOST))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = {
+        "ca": directory / "ca.crt",
+        "cert": directory / "server.pem",
+        "key": directory / "server.key",
+    }
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write_bytes(
+        paths["key"],
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        mode=0o600,
+    )
+    return paths
+
+
 def run_local(
     config: FederationConfig,
     *,
     workdir: str | os.PathLike[str] | None = None,
     dedicated_key_holder: bool = False,
+    tls: bool = False,
     timeout: float = 600.0,
     threads: int = 1,
 ) -> DeploymentResult:
@@ -403,7 +498,7 @@ def run_local(
         node_wait_timeout=timeout,
     )
     deployment = LocalDeployment(
-        root, keys, nodes=config.clients, dedicated_key_holder=dedicated_key_holder
+        root, keys, nodes=config.clients, dedicated_key_holder=dedicated_key_holder, tls=tls
     )
     with deployment:
         seconds = deployment.run(app, run_config, timeout=timeout)
@@ -439,6 +534,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="one more SuperNode that only releases (default: partition 0's node does)",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="TLS with a throw-away CA instead of --insecure"
+    )
     parser.add_argument("--workdir", type=Path, help="keep keys, logs and output here")
     parser.add_argument("--timeout", type=float, default=900.0, help="most seconds for the run")
     return parser.parse_args(argv)
@@ -465,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config,
             workdir=args.workdir,
             dedicated_key_holder=args.dedicated_key_holder,
+            tls=args.tls,
             timeout=args.timeout,
         )
     except SecaggError as exc:
