@@ -102,7 +102,7 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--datasets", default="digits,rotten_tomatoes")
+    parser.add_argument("--datasets", default="digits,bbc_news")
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -205,7 +205,7 @@ class _PlainRoundServer:
         self.min_clients = min_clients
         self._sum: np.ndarray | None = None
         self._weight = 0.0
-        self._spec: list[object] | None = None
+        self._spec: list[list[Any]] | None = None
         self._contributors: list[str] = []
 
     @property

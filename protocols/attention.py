@@ -19,6 +19,7 @@ import torch
 from ..client import PrivateClient
 from ..errors import (
     AggregationError,
+    ConfigurationError,
     NotEnoughClientsError,
     PayloadError,
     PrivacyBudgetExceededError,
@@ -52,7 +53,10 @@ class AttentionMap:
 def local_attention_rows(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Per-example attention weights of ``model`` (one probability row per example)."""
     model.eval()
-    rows = [model.attention_weights(inputs[i : i + 256]) for i in range(0, len(inputs), 256)]
+    attention = getattr(model, "attention_weights", None)
+    if not callable(attention):
+        raise ConfigurationError(f"{type(model).__name__} has no attention_weights(x) method")
+    rows = [attention(inputs[i : i + 256]) for i in range(0, len(inputs), 256)]
     return torch.cat(rows).double()
 
 

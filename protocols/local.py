@@ -137,7 +137,7 @@ def train_round(
                 continue
             client.optimizer.zero_grad()
             loss = nn.functional.cross_entropy(client.module(inputs), labels)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             client.optimizer.step()
             losses.append(float(loss.detach()))
     return sum(losses) / max(1, len(losses))

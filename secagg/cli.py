@@ -85,7 +85,7 @@ _RECIPES = {
     # quick on 2 cores and still learns (see README, "Measured results").
     "image": {"client_optimizer": "sgd", "lr": 1.0, "batch_size": 64, "local_epochs": 2},
     "tabular": {"client_optimizer": "sgd", "lr": 0.5, "batch_size": 32, "local_epochs": 2},
-    "text": {"client_optimizer": "adam", "lr": 0.005, "batch_size": 64, "local_epochs": 1},
+    "text": {"client_optimizer": "sgd", "lr": 2.0, "batch_size": 64, "local_epochs": 2},
 }
 _KINDS = {
     "digits": "image",
@@ -100,7 +100,7 @@ _KINDS = {
 def _config_from_args(args: argparse.Namespace) -> Any:
     from .protocols import FederationConfig
 
-    dataset = args.dataset or _DEFAULTS["dataset"]
+    dataset = str(args.dataset or _DEFAULTS["dataset"])
     values: dict[str, Any] = {
         "dataset": dataset,
         "clients": _DEFAULTS["clients"],

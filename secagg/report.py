@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from ._files import atomic_write_bytes
 
@@ -64,6 +65,8 @@ def write_report(result: RunResult, out_dir: str | Path) -> list[Path]:
 
 
 def _finish(fig: Any, path: Path) -> Path:
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -125,6 +128,8 @@ def _plot_attention(result: RunResult, path: Path) -> Path:
         side = round(math.sqrt(len(names)))
         grid = [attention.weights[r * side : (r + 1) * side] for r in range(side)]
         image = ax.imshow(grid, cmap="viridis")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="patch column", ylabel="patch row")
         fig.colorbar(image, ax=ax)
         ax.set(title="Federation-wide attention per image patch")
     else:

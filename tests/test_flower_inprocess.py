@@ -52,6 +52,7 @@ from secagg.protocols.flower import (
 )
 from secagg.protocols.flower.client_app import app as client_app
 from secagg.protocols.flower.client_app import handle_release
+from secagg.protocols.flower.keys import main as keys_main
 from secagg.protocols.flower.records import bytes_record
 from secagg.protocols.flower.server_app import FlowerServer, run_server
 
@@ -237,13 +238,15 @@ def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Pa
         assert abs(ours.accuracy - theirs.accuracy) <= 0.05
 
     # Both engines add independent flooding noise to each released mean: per coordinate
-    # N(0, σ²/W²) with W the (normalised) weight sum of the round. The difference of two
-    # runs after T rounds has std ≤ sqrt(2T)·σ/W (to first order; training in round 2
-    # starts from slightly different weights, which the 8-sigma margin absorbs).
+    # N(0, σ²/W²), σ the release's flooding std and W the round's (normalised) weight sum.
+    # After T rounds two runs differ by about N(0, 2T·σ²/W²) per weight (to first order:
+    # round 2 trains from slightly different weights). Pure noise passes 10 such
+    # deviations on any of the ~2k weights with probability < 1e-19; the margin absorbs
+    # the second round's amplification (measured: two in-process runs differ by ~3.7).
     contributors = len(expected.metrics[-1].contributors)
     weight_sum = sum(len(p) for p in federation.partitions) / federation.weight_bound
     sigma = federation.keys.flooding_std(contributors) / weight_sum
-    tolerance = 8 * (2 * config.rounds) ** 0.5 * sigma
+    tolerance = 10 * (2 * config.rounds) ** 0.5 * sigma
     difference = _max_abs_diff(result.global_state, expected.global_state)
     print(f"flower vs in-process: max |Δw| = {difference:.3g}, tolerance {tolerance:.3g}")
     assert difference < tolerance
@@ -300,7 +303,7 @@ def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any)
     assert "client-001" in second.dropped
     assert second.epsilon_max == pytest.approx(first.epsilon_max)
     weight_sum = sum(len(p) for p in one_round.partitions) / one_round.weight_bound
-    tolerance = 8 * 2**0.5 * one_round.keys.flooding_std(3) / weight_sum
+    tolerance = 10 * 2**0.5 * one_round.keys.flooding_std(3) / weight_sum
     assert _max_abs_diff(result.global_state, expected.global_state) < tolerance
     # Every node trained round 2, and was told at the end of the run to roll it back.
     assert [m.metadata.message_type for m in grid.sent[-3:]] == ["query.outcome"] * 3
@@ -334,6 +337,9 @@ def test_generated_key_files_have_safe_modes_and_stay_out_of_app_folders(tmp_pat
     os.chmod(files.secret_context, 0o644)
     with pytest.raises(ContextError, match="chmod 600"):
         load_secret_context(files.secret_context)
+    assert keys_main([str(tmp_path / "cli-keys"), "--min-clients", "2"]) == 0
+    assert keys_main([str(app / "keys")]) == 2  # refused: inside the app folder
+    assert not (app / "keys").exists()
 
 
 def test_the_app_folder_in_the_source_tree_is_up_to_date() -> None:

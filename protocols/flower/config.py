@@ -82,7 +82,8 @@ class FlowerOptions:
     round_timeout : float
         Most seconds to wait for the sampled clients' updates.
     release_timeout : float
-        Most seconds to wait for the key holder's release.
+        Most seconds to wait for the key holder's release (and, at the end of a run,
+        for nodes to confirm their roll-backs).
     threads : int
         Torch CPU threads in the apps (``0``: leave torch's default).
     """

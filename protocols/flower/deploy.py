@@ -493,6 +493,7 @@ def run_local(
         server_context=str(keys.server_context) if keys else "",
         output=str(output),
         threads=threads,
+        min_nodes=config.clients + (1 if dedicated_key_holder else 0),
         round_timeout=timeout,
         release_timeout=timeout,
         node_wait_timeout=timeout,

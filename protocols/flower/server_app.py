@@ -491,11 +491,11 @@ class FlowerServer:
                 RecordDict({"outcomes": o.to_record()}),
                 dst_node_id=node,
                 message_type=MESSAGE_OUTCOME,
-                ttl=self.options.round_timeout,
+                ttl=self.options.release_timeout,
             )
             for node, o in owed.items()
         ]
-        for reply in self.grid.send_and_receive(messages, timeout=self.options.round_timeout):
+        for reply in self.grid.send_and_receive(messages, timeout=self.options.release_timeout):
             if not reply.has_error():
                 self._delivered(reply.metadata.src_node_id)
         missing = sorted(node for node, o in self.owed.items() if o.discard)
