@@ -14,11 +14,12 @@ over-count spending but never forget it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,32 @@ class RunResult:
     def final_accuracy(self) -> float:
         """Test accuracy after the last round."""
         return self.metrics[-1].accuracy if self.metrics else float("nan")
+
+
+@dataclass
+class _RoundLog:
+    """What happens to one round, collected for its :class:`RoundMetrics`."""
+
+    round_id: int
+    roster: list[str]
+    dropped: list[str] = field(default_factory=list)
+    trained: list[int] = field(default_factory=list)
+    declined: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    contributors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("train", "encrypt", "aggregate", "decrypt"), 0.0)
+    )
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to ``seconds[phase]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
 
 
 class Federation:
@@ -401,142 +428,101 @@ class Federation:
         rng = np.random.default_rng([config.seed, round_id])
         chosen = np.sort(rng.choice(config.clients, size=config.sampled_per_round, replace=False))
         dropout_draws = rng.random(len(chosen))
-        roster = [self.client_ids[i] for i in chosen]
-        dropped = [cid for cid, d in zip(roster, dropout_draws, strict=True) if d < config.dropout]
+        log = _RoundLog(round_id, [self.client_ids[i] for i in chosen])
+        log.dropped = [
+            c for c, d in zip(log.roster, dropout_draws, strict=True) if d < config.dropout
+        ]
         broadcast = state_to_bytes(self.global_state)
-        seconds = {"train": 0.0, "encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
-        payloads: list[bytes] = []
-        pending: list[int] = []
-        declined: list[str] = []
-        for index, cid in zip(chosen.tolist(), roster, strict=True):
-            client = self.clients[index]
-            # Every random draw of a round derives from (seed, round, client): a resumed
-            # run draws exactly what the uninterrupted run would have.
-            torch.manual_seed(derive_seed(config.seed, round_id, index))
-            self._batch_generators[index].manual_seed(derive_seed(config.seed, round_id, index, 1))
-            start = time.perf_counter()
-            try:
-                train_round(client, state_from_bytes(broadcast))
-            except PrivacyBudgetExceededError:
-                declined.append(cid)
-                continue
-            seconds["train"] += time.perf_counter() - start
-            pending.append(index)
-            start = time.perf_counter()
-            payload = self.backend.client_payload(
-                client.model_update(),
-                weight=float(client.num_examples),
-                weight_bound=self.weight_bound,
-                round_id=round_id,
-                client_id=cid,
-                roster=roster,
-            )
-            seconds["encrypt"] += time.perf_counter() - start
-            if cid in dropped:
-                # Half the dropouts die before uploading, half are killed mid-upload.
-                if dropout_draws[roster.index(cid)] < config.dropout / 2:
-                    payloads.append(payload[: len(payload) // 2])
-                continue
-            payloads.append(payload)
+        for index, draw in zip(chosen.tolist(), dropout_draws.tolist(), strict=True):
+            payload = self._client_turn(index, log, broadcast)
+            if payload is None or self.client_ids[index] not in log.dropped:
+                log.payloads += [payload] if payload is not None else []
+            elif draw < config.dropout / 2:
+                # Half the dropouts are killed mid-upload; the other half never upload.
+                log.payloads.append(payload[: len(payload) // 2])
 
-        start = time.perf_counter()
-        server = self.backend.server(
-            round_id=round_id, roster=roster, min_clients=config.min_clients
-        )
-        rejected: list[str] = []
-        for payload in payloads:
+        with log.timed("aggregate"):
+            server = self.backend.server(
+                round_id=round_id, roster=log.roster, min_clients=config.min_clients
+            )
+            for payload in log.payloads:
+                try:
+                    server.add(payload)
+                except (PayloadError, AggregationError) as exc:
+                    log.rejected.append(f"{type(exc).__name__}: {exc}")
+            log.contributors = list(server.contributors)
             try:
-                server.add(payload)
-            except (PayloadError, AggregationError) as exc:
-                rejected.append(f"{type(exc).__name__}: {exc}")
-        contributors = list(server.contributors)
-        try:
-            aggregate = server.finalize()
-        except NotEnoughClientsError as exc:
-            for index in pending:
+                aggregate = server.finalize()
+            except NotEnoughClientsError as exc:
+                aggregate = None
+                note = str(exc)
+        if aggregate is None:
+            for index in log.trained:
                 self.clients[index].discard_round()
-            seconds["aggregate"] += time.perf_counter() - start
-            return self._metrics(
-                round_id,
-                "skipped",
-                roster,
-                contributors,
-                dropped,
-                rejected,
-                payloads,
-                seconds,
-                note=str(exc),
-            )
-        seconds["aggregate"] += time.perf_counter() - start
+            return self._metrics(log, "skipped", note)
 
-        for index in pending:
-            if self.client_ids[index] in contributors:
+        for index in log.trained:
+            if self.client_ids[index] in log.contributors:
                 self.clients[index].commit_round()
             else:
                 self.clients[index].discard_round()
         # Write-ahead: the spending is on disk before anything is decrypted.
         self.write_checkpoint(round_id - 1, releasing_round=round_id)
-        start = time.perf_counter()
         try:
-            released = self.backend.release(aggregate)
+            with log.timed("decrypt"):
+                released = self.backend.release(aggregate)
         except ReleaseError as exc:
-            seconds["decrypt"] += time.perf_counter() - start
-            return self._metrics(
-                round_id,
-                "failed",
-                roster,
-                contributors,
-                dropped,
-                rejected,
-                payloads,
-                seconds,
-                note=str(exc),
-            )
-        seconds["decrypt"] += time.perf_counter() - start
+            return self._metrics(log, "failed", str(exc))
         self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
-        return self._metrics(
-            round_id,
-            "completed",
-            roster,
-            contributors,
-            dropped,
-            rejected,
-            payloads,
-            seconds,
-            note="; ".join(declined and [f"over budget: {', '.join(declined)}"]),
-        )
+        declined = f"over budget: {', '.join(log.declined)}" if log.declined else ""
+        return self._metrics(log, "completed", declined)
 
-    def _metrics(
-        self,
-        round_id: int,
-        status: str,
-        roster: list[str],
-        contributors: list[str],
-        dropped: list[str],
-        rejected: list[str],
-        payloads: list[bytes],
-        seconds: dict[str, float],
-        *,
-        note: str = "",
-    ) -> RoundMetrics:
+    def _client_turn(self, index: int, log: _RoundLog, broadcast: bytes) -> bytes | None:
+        """Client ``index`` trains on the broadcast weights and makes its payload."""
+        config = self.config
+        client = self.clients[index]
+        cid = self.client_ids[index]
+        # Every random draw of a round derives from (seed, round, client): a resumed run
+        # draws exactly what the uninterrupted run would have.
+        torch.manual_seed(derive_seed(config.seed, log.round_id, index))
+        self._batch_generators[index].manual_seed(derive_seed(config.seed, log.round_id, index, 1))
+        try:
+            with log.timed("train"):
+                train_round(client, state_from_bytes(broadcast))
+        except PrivacyBudgetExceededError:
+            log.declined.append(cid)
+            return None
+        log.trained.append(index)
+        with log.timed("encrypt"):
+            return self.backend.client_payload(
+                client.model_update(),
+                weight=float(client.num_examples),
+                weight_bound=self.weight_bound,
+                round_id=log.round_id,
+                client_id=cid,
+                roster=log.roster,
+            )
+
+    def _metrics(self, log: _RoundLog, status: str, note: str) -> RoundMetrics:
         self.global_model.load_state_dict(self.global_state)
         accuracy, loss = evaluate(self.global_model, self.dataset.x_test, self.dataset.y_test)
         epsilons = [c.epsilon() for c in self.clients]
-        finite = self.config.dp
+        private = self.config.dp
+        sizes = [len(p) for p in log.payloads]
         return RoundMetrics(
-            round=round_id,
+            round=log.round_id,
             status=status,
             accuracy=accuracy,
             loss=loss,
-            epsilon_max=max(epsilons) if finite else None,
-            epsilon_mean=float(np.mean(epsilons)) if finite else None,
+            epsilon_max=max(epsilons) if private else None,
+            epsilon_mean=float(np.mean(epsilons)) if private else None,
             delta=self.config.delta,
-            sampled=roster,
-            contributors=contributors,
-            dropped=dropped,
-            rejected=rejected,
-            bytes_per_client=float(np.mean([len(p) for p in payloads])) if payloads else 0.0,
-            seconds=seconds,
+            sampled=log.roster,
+            contributors=log.contributors,
+            dropped=log.dropped,
+            rejected=log.rejected,
+            bytes_per_client=float(np.mean(sizes)) if sizes else 0.0,
+            seconds=log.seconds,
             note=note,
         )
 

@@ -322,8 +322,6 @@ class Aggregator:
             raise KeyMismatchError(f"update from {update.client_id!r} was made under another key")
         if self.expected_spec_hash is not None and update.spec_hash != self.expected_spec_hash:
             raise SpecMismatchError("update layout differs from the expected model spec")
-        if update.client_id in self.contributors:
-            raise DuplicateClientError(f"client {update.client_id!r} already contributed")
 
     def finalize(self) -> EncryptedAggregate:
         """Return the encrypted sum once at least ``min_clients`` have contributed.
