@@ -993,26 +993,15 @@ def dp_step_overhead(
 
 
 def default_run_config(**overrides: Any) -> Any:
-    """The configuration ``secagg run`` uses by default (digits), with ``overrides``.
+    """The configuration ``secagg run`` uses by default, with ``overrides``.
 
-    The CLI's defaults (:data:`secagg.cli._DEFAULTS`, the ``image`` recipe of
-    :data:`secagg.cli._RECIPES`) plus the :class:`FederationConfig` defaults for the
-    rest; the attention analysis, which runs once after the last round and is in no
-    round's time, is off unless overridden.
+    :func:`secagg.protocols.recipes.default_config`; the attention analysis, which runs
+    once after the last round and is in no round's time, is off unless overridden.
     """
-    from secagg.cli import _DEFAULTS, _KINDS, _RECIPES
-    from secagg.protocols import FederationConfig
+    from secagg.protocols.recipes import DEFAULT_DATASET, default_config
 
-    dataset = str(overrides.pop("dataset", _DEFAULTS["dataset"]))
-    values: dict[str, Any] = {
-        "dataset": dataset,
-        "clients": _DEFAULTS["clients"],
-        "rounds": _DEFAULTS["rounds"],
-        **_RECIPES.get(_KINDS.get(dataset, ""), {}),
-        "attention_analysis": False,
-    }
-    values.update(overrides)
-    return FederationConfig(**values)
+    dataset = str(overrides.pop("dataset", DEFAULT_DATASET))
+    return default_config(dataset, **{"attention_analysis": False, **overrides})
 
 
 def measure_round_split(config: Any, *, threads: int = 1) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from secagg.cli import _KINDS, _RECIPES
 from secagg.datasets import load_dataset
 from secagg.protocols import Federation, FederationConfig
 from secagg.protocols.local import (
@@ -29,6 +28,7 @@ from secagg.protocols.local import (
     make_optimizer,
     train_round,
 )
+from secagg.protocols.recipes import default_config
 
 __all__ = ["centralized_baseline", "measure"]
 
@@ -48,7 +48,9 @@ def centralized_baseline(config: FederationConfig, *, epochs: int) -> float:
     loader = make_loader(
         dataset.x_train, dataset.y_train, batch_size=config.batch_size, seed=config.seed
     )
-    client = NonPrivateClient(module=model, optimizer=optimizer, data_loader=loader)
+    client = NonPrivateClient(
+        module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.clip
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(epochs):
         train_round(client, state)
@@ -58,10 +60,7 @@ def centralized_baseline(config: FederationConfig, *, epochs: int) -> float:
 
 def measure(dataset: str, *, rounds: int, seed: int = 0) -> dict[str, Any]:
     """Run the three settings and the baseline for ``dataset``."""
-    recipe = _RECIPES[_KINDS[dataset]]
-    base = FederationConfig(
-        dataset=dataset, rounds=rounds, seed=seed, attention_analysis=False, **recipe
-    )
+    base = default_config(dataset, rounds=rounds, seed=seed, attention_analysis=False)
     rows: dict[str, Any] = {}
     for name, changes in SETTINGS.items():
         config = dataclasses.replace(base, **changes)

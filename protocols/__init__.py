@@ -5,7 +5,8 @@ from __future__ import annotations
 from .aggregation import AggregationBackend, EncryptedBackend, PlaintextBackend
 from .attention import AttentionMap
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .federation import Federation, FederationConfig, RoundMetrics, RunResult
+from .config import FederationConfig
+from .federation import Federation, RoundMetrics, RunResult
 from .server_opt import ServerOptimizer
 
 __all__ = [

@@ -15,9 +15,6 @@ over-count spending but never forget it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -27,20 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..client import PrivateClient, plan_noise_multiplier
-from ..datasets import DATASET_NAMES, Dataset, load_dataset
+from ..datasets import Dataset
 from ..errors import (
     AggregationError,
     CheckpointError,
-    ConfigurationError,
     NotEnoughClientsError,
     PayloadError,
     PrivacyBudgetExceededError,
     ReleaseError,
 )
 from ..keys import KeyHolder
-from ..partition import dirichlet_partition
-from ..presets import get_preset
 from .aggregation import (
     AggregationBackend,
     EncryptedBackend,
@@ -50,105 +43,18 @@ from .aggregation import (
 )
 from .attention import AttentionMap, federated_attention
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from .config import FederationConfig
 from .local import (
-    LocalClient,
-    NonPrivateClient,
     derive_seed,
     evaluate,
-    make_loader,
-    make_optimizer,
     train_round,
 )
-from .server_opt import SERVER_OPTIMIZERS, ServerOptimizer
+from .plan import RunPlan
+from .server_opt import ServerOptimizer
 
 __all__ = ["Federation", "FederationConfig", "RoundMetrics", "RunResult"]
 
 KEY_FILE = "keys/secret-context.secagg"
-
-
-@dataclass(frozen=True)
-class FederationConfig:
-    """Everything that determines a federated run (and its checkpoint digest).
-
-    Give ``epsilon`` to plan the noise multiplier once for the whole run (every
-    round, every local epoch and the attention release), or ``noise_multiplier``.
-    """
-
-    dataset: str = "digits"
-    clients: int = 10
-    rounds: int = 10
-    fraction: float = 0.5
-    min_clients: int = 2
-    dirichlet_alpha: float | None = 1.0
-    dropout: float = 0.0
-    seed: int = 0
-    he: bool = True
-    dp: bool = True
-    epsilon: float | None = None
-    noise_multiplier: float | None = 1.0
-    clip: float = 1.0
-    delta: float = 1e-5
-    local_epochs: int = 1
-    batch_size: int = 32
-    max_physical_batch_size: int = 64
-    lr: float = 0.01
-    client_optimizer: str = "adam"
-    server_optimizer: str = "fedavg"
-    server_lr: float = 1.0
-    preset: str = "default"
-    max_examples: int | None = None
-    attention_analysis: bool = True
-    attention_noise_multiplier: float = 2.0
-    model_overrides: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        """Validate every option with a clear :class:`ConfigurationError`."""
-        if self.dataset not in DATASET_NAMES:
-            raise ConfigurationError(f"dataset must be one of {DATASET_NAMES}")
-        if self.clients < 1 or self.rounds < 1 or self.local_epochs < 1:
-            raise ConfigurationError("clients, rounds and local_epochs must be at least 1")
-        if not 0 < self.fraction <= 1:
-            raise ConfigurationError("fraction must be in (0, 1]")
-        if not 1 <= self.min_clients <= self.clients:
-            raise ConfigurationError("min_clients must be between 1 and clients")
-        if self.dirichlet_alpha is not None and self.dirichlet_alpha <= 0:
-            raise ConfigurationError("dirichlet_alpha must be positive (or None for IID)")
-        if not 0 <= self.dropout < 1:
-            raise ConfigurationError("dropout must be in [0, 1)")
-        if self.dp and (self.epsilon is None) == (self.noise_multiplier is None):
-            raise ConfigurationError("with DP give exactly one of epsilon or noise_multiplier")
-        if self.clip <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigurationError("clip, batch_size and lr must be positive")
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ConfigurationError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}")
-        if self.he:
-            preset = get_preset(self.preset)
-            if self.sampled_per_round > preset.max_clients:
-                raise ConfigurationError(
-                    f"{self.sampled_per_round} clients per round exceed preset "
-                    f"{preset.name!r}'s roster of {preset.max_clients}"
-                )
-
-    @property
-    def sampled_per_round(self) -> int:
-        """Clients sampled each round."""
-        return min(self.clients, max(self.min_clients, round(self.fraction * self.clients)))
-
-    def digest(self) -> str:
-        """SHA-256 of the configuration (checkpoints refuse another run's config)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FederationConfig:
-        """Rebuild from :meth:`to_json` output."""
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigurationError(f"invalid configuration: {exc}") from None
 
 
 @dataclass
@@ -236,24 +142,22 @@ class Federation:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_round = on_round
-        self.dataset: Dataset = load_dataset(
-            config.dataset, seed=config.seed, max_examples=config.max_examples
-        )
-        labels = self.dataset.y_train.numpy()
-        self.partitions = dirichlet_partition(
-            labels, config.clients, alpha=config.dirichlet_alpha, seed=config.seed, min_size=2
-        )
+        self.plan = RunPlan.load(config)
+        self.dataset: Dataset = self.plan.dataset
+        self.partitions = self.plan.partitions
+        self.weight_bound = self.plan.weight_bound
         self.client_ids = [f"client-{i:03d}" for i in range(config.clients)]
-        largest = max(len(p) for p in self.partitions)
-        self.weight_bound = float(2 ** math.ceil(math.log2(largest)))
-        torch.manual_seed(config.seed)
-        self.global_model = self.build_model()
-        self.global_state = {
-            k: v.detach().clone() for k, v in self.global_model.state_dict().items()
-        }
-        self.noise_multiplier = self._plan_noise()
-        self._batch_generators: list[torch.Generator] = []
-        self.clients = [self._make_client(i) for i in range(config.clients)]
+        self.global_state = self.plan.initial_state()
+        self.global_model = self.plan.build_model()
+        self.noise_multiplier = self.plan.noise_multiplier()
+        built = [
+            self.plan.make_client(
+                i, global_state=self.global_state, noise_multiplier=self.noise_multiplier
+            )
+            for i in range(config.clients)
+        ]
+        self.clients = [client for client, _ in built]
+        self._batch_generators = [generator for _, generator in built]
         self.server_optimizer = ServerOptimizer(config.server_optimizer, lr=config.server_lr)
         self.keys: KeyHolder | None = None
         self.backend: AggregationBackend = PlaintextBackend()
@@ -262,66 +166,6 @@ class Federation:
         self._attention: AttentionMap | None = None
 
     # ------------------------------------------------------------------ set-up
-    def build_model(self) -> torch.nn.Module:
-        """The dataset's default model, with ``config.model_overrides`` applied."""
-        model = self.dataset.default_model()
-        overrides = self.config.model_overrides
-        if not overrides:
-            return model
-        kwargs = {**self.dataset.default_model_kwargs, **overrides}
-        try:
-            return type(model)(**kwargs)
-        except TypeError as exc:
-            raise ConfigurationError(f"invalid model override: {exc}") from None
-
-    def _plan_noise(self) -> float | None:
-        config = self.config
-        if not config.dp:
-            return None
-        if config.noise_multiplier is not None:
-            return config.noise_multiplier
-        assert config.epsilon is not None  # checked in FederationConfig
-        # The worst case: a client sampled every round; its sample rate is the smallest
-        # client's, whose batches are most numerous relative to its size.
-        sample_rate = min(1.0, max(config.batch_size / len(p) for p in self.partitions))
-        extra = [config.attention_noise_multiplier] if config.attention_analysis else []
-        return plan_noise_multiplier(
-            target_epsilon=config.epsilon,
-            delta=config.delta,
-            sample_rate=sample_rate,
-            rounds=config.rounds,
-            epochs_per_round=config.local_epochs,
-            extra_noise_multipliers=extra,
-        )
-
-    def _make_client(self, index: int) -> LocalClient | PrivateClient:
-        config = self.config
-        idx = torch.as_tensor(self.partitions[index])
-        model = self.build_model()
-        model.load_state_dict(self.global_state)
-        optimizer = make_optimizer(config.client_optimizer, model.parameters(), config.lr)
-        loader = make_loader(
-            self.dataset.x_train[idx],
-            self.dataset.y_train[idx],
-            batch_size=min(config.batch_size, len(idx)),
-            seed=config.seed * 1_000_003 + index,
-        )
-        self._batch_generators.append(loader.generator)
-        if not config.dp:
-            return NonPrivateClient(module=model, optimizer=optimizer, data_loader=loader)
-        assert self.noise_multiplier is not None
-        return PrivateClient(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=config.clip,
-            epochs_per_round=config.local_epochs,
-            delta=config.delta,
-            epsilon_budget=config.epsilon,
-            max_physical_batch_size=config.max_physical_batch_size,
-        )
-
     def _setup_keys(self, *, resume: bool) -> None:
         if not self.config.he:
             self.backend = PlaintextBackend()

@@ -54,12 +54,23 @@ class LocalClient(Protocol):
 
 
 class NonPrivateClient:
-    """The ``--no-dp`` baseline: the same round interface, plain SGD, ε = ∞."""
+    """The ``--no-dp`` baseline: the same round interface, no noise, ε = ∞.
+
+    With ``max_grad_norm`` the batch gradient is clipped to that norm (no per-sample
+    clipping, no noise), so the baseline differs from DP-SGD by exactly the privacy
+    mechanism and not by the step size.
+    """
 
     def __init__(
-        self, *, module: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader[Any]
+        self,
+        *,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader: DataLoader[Any],
+        max_grad_norm: float | None = None,
     ) -> None:
         self.module = module
+        self.max_grad_norm = max_grad_norm
         self.optimizer = optimizer
         self.data_loader = data_loader
         self.num_examples = len(data_loader.dataset)  # type: ignore[arg-type]
@@ -75,6 +86,11 @@ class NonPrivateClient:
         self.optimizer.state.clear()
         self.module.train()
         yield iter(self.data_loader)
+
+    def clip_gradients(self) -> None:
+        """Clip the batch gradient to ``max_grad_norm`` (if set)."""
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
 
     def model_update(self) -> dict[str, torch.Tensor]:
         """Local minus global trainable parameters."""
@@ -138,6 +154,8 @@ def train_round(
             client.optimizer.zero_grad()
             loss = nn.functional.cross_entropy(client.module(inputs), labels)
             loss.backward()  # type: ignore[no-untyped-call]
+            if isinstance(client, NonPrivateClient):
+                client.clip_gradients()
             client.optimizer.step()
             losses.append(float(loss.detach()))
     return sum(losses) / max(1, len(losses))

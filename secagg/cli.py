@@ -16,12 +16,6 @@ from .errors import ConfigurationError, SecaggError
 
 __all__ = ["main"]
 
-_DEFAULTS = {
-    "dataset": "mnist",
-    "clients": 10,
-    "rounds": 12,
-}
-
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -80,33 +74,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_RECIPES = {
-    # The defaults of `secagg run`, per dataset family: tuned so that a DP + HE run is
-    # quick on 2 cores and still learns (see README, "Measured results").
-    "image": {"client_optimizer": "sgd", "lr": 1.0, "batch_size": 64, "local_epochs": 2},
-    "tabular": {"client_optimizer": "sgd", "lr": 0.5, "batch_size": 32, "local_epochs": 2},
-    "text": {"client_optimizer": "sgd", "lr": 2.0, "batch_size": 64, "local_epochs": 2},
-}
-_KINDS = {
-    "digits": "image",
-    "mnist": "image",
-    "breast_cancer": "tabular",
-    "german_credit": "tabular",
-    "bbc_news": "text",
-    "rotten_tomatoes": "text",
-}
-
-
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from .protocols import FederationConfig
+    from .protocols.recipes import DEFAULT_DATASET, default_config
 
-    dataset = str(args.dataset or _DEFAULTS["dataset"])
-    values: dict[str, Any] = {
-        "dataset": dataset,
-        "clients": _DEFAULTS["clients"],
-        "rounds": _DEFAULTS["rounds"],
-        **_RECIPES.get(_KINDS.get(dataset, ""), {}),
-    }
+    values: dict[str, Any] = {}
     options = {
         "clients": args.clients,
         "rounds": args.rounds,
@@ -142,7 +113,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if args.no_dp:
         values["noise_multiplier"] = None
         values["epsilon"] = None
-    return FederationConfig(**values)
+    return default_config(str(args.dataset or DEFAULT_DATASET), **values)
 
 
 def _parse_model_arg(text: str) -> tuple[str, int]:

@@ -41,11 +41,11 @@ from ...errors import (
     RoundMismatchError,
 )
 from ..aggregation import AggregationBackend, EncryptedBackend, PlaintextBackend
-from ..federation import FederationConfig
+from ..config import FederationConfig
 from ..local import derive_seed, train_round
+from ..plan import RunPlan
 from .config import NodeRole, client_id, config_from_run_config, node_role
 from .keys import load_secret_context
-from .plan import RunPlan
 from .records import (
     Outcomes,
     bytes_record,

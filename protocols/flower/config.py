@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigurationError
-from ..federation import FederationConfig
+from ..config import FederationConfig
 
 __all__ = [
     "DEFAULT_CONFIG",

@@ -35,7 +35,7 @@ import torch
 from ..._files import atomic_write_bytes
 from ...errors import ConfigurationError, SecaggError
 from ..aggregation import state_from_bytes
-from ..federation import FederationConfig
+from ..config import FederationConfig
 from .appdir import toml_value, write_app
 from .config import DEFAULT_CONFIG, run_config_from_config
 from .keys import KeyFiles, find_app_dir, generate_keys

@@ -48,12 +48,13 @@ from ...errors import (
     SecaggError,
 )
 from ..aggregation import PlaintextBackend, RoundServer, state_to_bytes
-from ..federation import FederationConfig, RoundMetrics, RunResult
+from ..config import FederationConfig
+from ..federation import RoundMetrics, RunResult
 from ..local import evaluate
+from ..plan import RunPlan
 from ..server_opt import ServerOptimizer
 from .config import FlowerOptions, client_id, config_from_run_config
 from .keys import load_server_context
-from .plan import RunPlan
 from .records import (
     MESSAGE_OUTCOME,
     MESSAGE_RELEASE,

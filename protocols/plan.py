@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...client import PrivateClient, plan_noise_multiplier
-from ...datasets import Dataset, load_dataset
-from ...errors import ConfigurationError
-from ...partition import dirichlet_partition
-from ..federation import FederationConfig
-from ..local import LocalClient, NonPrivateClient, make_loader, make_optimizer
+from ..client import PrivateClient, plan_noise_multiplier
+from ..datasets import Dataset, load_dataset
+from ..errors import ConfigurationError
+from ..partition import dirichlet_partition
+from .config import FederationConfig
+from .local import LocalClient, NonPrivateClient, make_loader, make_optimizer
 
 __all__ = ["RunPlan"]
 
@@ -77,6 +77,8 @@ class RunPlan:
         if config.noise_multiplier is not None:
             return config.noise_multiplier
         assert config.epsilon is not None  # checked in FederationConfig
+        # The worst case: a client sampled every round; its sample rate is the smallest
+        # client's, whose batches are most numerous relative to its size.
         sample_rate = min(1.0, max(config.batch_size / len(p) for p in self.partitions))
         extra = [config.attention_noise_multiplier] if config.attention_analysis else []
         return plan_noise_multiplier(
@@ -116,9 +118,10 @@ class RunPlan:
         generator = loader.generator
         assert generator is not None  # make_loader always seeds its own generator
         if not config.dp:
-            return NonPrivateClient(
-                module=model, optimizer=optimizer, data_loader=loader
-            ), generator
+            plain = NonPrivateClient(
+                module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.clip
+            )
+            return plain, generator
         if noise_multiplier is None:
             raise ConfigurationError("a DP run needs a noise multiplier")
         client = PrivateClient(
