@@ -14,13 +14,9 @@ one sum of one round, in order.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import math
-import multiprocessing
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +25,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ._seal import SealSession
+from ._parallel import encrypt_rows
 from ._slots import CHUNK_TAG_SCALE, MAX_ROUND_ID, round_tag
 from .errors import ConfigurationError, FormatError, UpdateValueError
 from .presets import Preset
@@ -41,8 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EncryptedUpdate", "encrypt_update", "roster_digest"]
 
-# Below this many chunks, starting worker processes costs more than it saves.
-_PARALLEL_MIN_CHUNKS = 24
 _MAX_CLIENT_ID_LENGTH = 256
 
 
@@ -191,7 +185,7 @@ def encrypt_update(
     weighted = flat * normalised
     _check_values(flat, weighted, preset)
     matrix = _layout(weighted, normalised, roster.index(client_id), preset, round_id)
-    chunks = _encrypt_rows(keys.session, matrix, workers)
+    chunks = encrypt_rows(keys.session, matrix, workers)
     header = {
         "kind": "update",
         "fingerprint": keys.fingerprint,
@@ -261,39 +255,3 @@ def _layout(
     body[: weighted.size] = weighted
     matrix[:, preset.header_slots :] = body.reshape(num_chunks, per_chunk)
     return matrix
-
-
-def _encrypt_rows(session: SealSession, matrix: np.ndarray, workers: int | None) -> list[bytes]:
-    rows = matrix.shape[0]
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if rows >= _PARALLEL_MIN_CHUNKS else 1
-    if workers < 1:
-        raise ConfigurationError("workers must be at least 1")
-    workers = min(workers, rows)
-    if workers == 1:
-        return [session.encrypt(row) for row in matrix]
-    global _fork_state
-    bounds = np.linspace(0, rows, workers + 1).astype(int)
-    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    with _fork_lock:
-        # Forked workers inherit the SEAL session and the matrix: nothing is pickled in.
-        _fork_state = (session, matrix)
-        try:
-            context = multiprocessing.get_context("fork")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-                parts = list(pool.map(_encrypt_range, ranges))
-        finally:
-            _fork_state = None
-    return [chunk for part in parts for chunk in part]
-
-
-# Set only while a pool of forked encryption workers is running (under _fork_lock).
-_fork_state: tuple[SealSession, np.ndarray] | None = None
-_fork_lock = threading.Lock()
-
-
-def _encrypt_range(bounds: tuple[int, int]) -> list[bytes]:
-    if _fork_state is None:  # pragma: no cover - set by the parent before forking
-        raise RuntimeError("encryption worker started without inherited state")
-    session, matrix = _fork_state
-    return [session.encrypt(row) for row in matrix[bounds[0] : bounds[1]]]
