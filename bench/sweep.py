@@ -44,6 +44,7 @@ from bench._measure import (
     parse_sizes,
     scheme_names,
 )
+from secagg.protocols.recipes import DEFAULT_DATASET
 
 __all__ = ["FULL", "QUICK", "SweepPlan", "render", "run_sweep"]
 
@@ -658,7 +659,7 @@ def _markdown(results: dict[str, Any], plan: SweepPlan) -> str:
         add("")
     round_result = results.get("round", {})
     if round_result:
-        add("## Default `secagg run` round (digits, CLI defaults, 1 torch thread)")
+        add(f"## Default `secagg run` round ({DEFAULT_DATASET}, CLI defaults, 1 torch thread)")
         add("")
         add(
             "Per-round wall time between round-end callbacks (round 1 also holds key "

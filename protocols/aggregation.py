@@ -30,7 +30,14 @@ from ..spec import UpdateSpec, flatten_update, unflatten_update
 from ..update import encrypt_update
 from ..wire import field, pack_frame, unpack_frame
 
-__all__ = ["AggregationBackend", "EncryptedBackend", "PlaintextBackend", "Released", "RoundServer"]
+__all__ = [
+    "AggregationBackend",
+    "AggregatorRoundServer",
+    "EncryptedBackend",
+    "PlaintextBackend",
+    "Released",
+    "RoundServer",
+]
 
 _MAGIC_PLAIN_UPDATE = b"SAPU"
 _MAGIC_PLAIN_SUM = b"SAPS"
@@ -127,7 +134,7 @@ class EncryptedBackend:
 
     def server(self, *, round_id: int, roster: Sequence[str], min_clients: int) -> RoundServer:
         """An :class:`secagg.Aggregator` holding only the server context bytes."""
-        return _EncryptedRoundServer(
+        return AggregatorRoundServer(
             Aggregator(
                 self._server_context, round_id=round_id, roster=roster, min_clients=min_clients
             )
@@ -139,7 +146,9 @@ class EncryptedBackend:
         return Released(released.mean, released.weight_sum, released.contributors)
 
 
-class _EncryptedRoundServer:
+class AggregatorRoundServer:
+    """A :class:`secagg.Aggregator` behind the :class:`RoundServer` interface."""
+
     def __init__(self, aggregator: Aggregator) -> None:
         self._aggregator = aggregator
 

@@ -47,7 +47,7 @@ from ...errors import (
     ReleaseError,
     SecaggError,
 )
-from ..aggregation import PlaintextBackend, RoundServer, state_to_bytes
+from ..aggregation import AggregatorRoundServer, PlaintextBackend, RoundServer, state_to_bytes
 from ..config import FederationConfig
 from ..federation import RoundMetrics, RunResult
 from ..local import evaluate
@@ -94,23 +94,6 @@ class _Node:
 
     partition_id: int | None
     key_holder: bool
-
-
-class _EncryptedRoundServer:
-    """:class:`secagg.Aggregator` behind the :class:`RoundServer` interface."""
-
-    def __init__(self, aggregator: Aggregator) -> None:
-        self._aggregator = aggregator
-
-    def add(self, payload: bytes) -> str:
-        return self._aggregator.add(payload)
-
-    @property
-    def contributors(self) -> tuple[str, ...]:
-        return self._aggregator.contributors
-
-    def finalize(self) -> bytes:
-        return self._aggregator.finalize().to_bytes()
 
 
 @dataclass
@@ -426,7 +409,7 @@ class FlowerServer:
             return PlaintextBackend().server(
                 round_id=round_id, roster=roster, min_clients=self.config.min_clients
             )
-        return _EncryptedRoundServer(
+        return AggregatorRoundServer(
             Aggregator(
                 self.server_context,
                 round_id=round_id,
