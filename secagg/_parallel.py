@@ -1,7 +1,8 @@
 """Encrypt ciphertext chunks in several processes (TenSEAL never releases the GIL).
 
 The calling process forks one child per extra worker. A child inherits the SEAL session
-and the slot matrix (nothing is pickled), encrypts its share of the rows, writes the
+and the slot matrix (nothing is pickled; it only reads them, so few pages are copied),
+encrypts its share of the rows, writes the
 ciphertexts to a pipe as length-prefixed records and exits; the parent encrypts the first
 share itself meanwhile, then reads the pipes. Children never return into the caller's code:
 whatever happens they end with ``os._exit``.
@@ -26,7 +27,7 @@ _LENGTH = struct.Struct(">Q")
 
 
 def encrypt_rows(session: SealSession, matrix: np.ndarray, workers: int | None) -> list[bytes]:
-    """Encrypt every row of ``matrix``, in ``workers`` processes (default: one per core).
+    """Encrypt every row of ``matrix`` in ``workers`` processes (default: one per core).
 
     Raises
     ------
@@ -35,15 +36,15 @@ def encrypt_rows(session: SealSession, matrix: np.ndarray, workers: int | None) 
     RuntimeError
         If a worker process fails.
     """
-    rows = matrix.shape[0]
+    count = matrix.shape[0]
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), 8) if rows >= PARALLEL_MIN_CHUNKS else 1
+        workers = min(len(os.sched_getaffinity(0)), 8) if count >= PARALLEL_MIN_CHUNKS else 1
     if workers < 1:
         raise ConfigurationError("workers must be at least 1")
-    workers = min(workers, rows)
+    workers = min(workers, count)
     if workers == 1:
         return [session.encrypt(row) for row in matrix]
-    bounds = np.linspace(0, rows, workers + 1).astype(int).tolist()
+    bounds = np.linspace(0, count, workers + 1).astype(int).tolist()
     shares = list(itertools.pairwise(bounds))
     children = [_fork_worker(session, matrix[a:b]) for a, b in shares[1:]]
     chunks = [session.encrypt(row) for row in matrix[shares[0][0] : shares[0][1]]]

@@ -108,7 +108,6 @@ def flatten_update(update: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, Upda
     if not isinstance(update, Mapping) or not update:
         raise UpdateValueError("an update must be a non-empty mapping of name -> tensor")
     specs: list[TensorSpec] = []
-    parts: list[np.ndarray] = []
     for name, tensor in update.items():
         if not isinstance(tensor, torch.Tensor):
             raise UpdateValueError(f"update entry {name!r} is not a torch.Tensor")
@@ -118,8 +117,15 @@ def flatten_update(update: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, Upda
                 f"update entry {name!r} has dtype {dtype}; only floating tensors are aggregated"
             )
         specs.append(TensorSpec(str(name), tuple(tensor.shape), dtype))
-        parts.append(tensor.detach().to("cpu", torch.float64).reshape(-1).numpy())
-    return np.concatenate(parts), UpdateSpec(tuple(specs))
+    spec = UpdateSpec(tuple(specs))
+    flat = np.empty(spec.numel, dtype=np.float64)
+    offset = 0
+    for tensor in update.values():
+        size = tensor.numel()
+        # One pass per tensor: torch converts the dtype while copying into the vector.
+        torch.from_numpy(flat[offset : offset + size]).copy_(tensor.detach().reshape(-1))
+        offset += size
+    return flat, spec
 
 
 def unflatten_update(flat: np.ndarray, spec: UpdateSpec) -> dict[str, torch.Tensor]:

@@ -180,10 +180,10 @@ def encrypt_update(
             f"weight {weight} is outside (0, weight_bound={weight_bound}]; pass a public "
             "weight_bound at least as large as every client's weight"
         )
-    flat, spec = flatten_update(update)
+    weighted, spec = flatten_update(update)  # a fresh vector: weighted in place below
     normalised = weight / weight_bound
-    weighted = flat * normalised
-    _check_values(flat, weighted, preset)
+    weighted *= normalised
+    _check_values(weighted, preset)
     matrix = _layout(weighted, normalised, roster.index(client_id), preset, round_id)
     chunks = encrypt_rows(keys.session, matrix, workers)
     header = {
@@ -225,9 +225,9 @@ def _check_round_args(
         raise ConfigurationError(f"client {client_id!r} is not on the round's roster")
 
 
-def _check_values(flat: np.ndarray, weighted: np.ndarray, preset: Preset) -> None:
-    if not np.isfinite(flat).all():
-        bad = int(np.count_nonzero(~np.isfinite(flat)))
+def _check_values(weighted: np.ndarray, preset: Preset) -> None:
+    if not np.isfinite(weighted).all():
+        bad = int(np.count_nonzero(~np.isfinite(weighted)))
         raise UpdateValueError(f"update holds {bad} non-finite values (NaN or inf)")
     peak = float(np.abs(weighted).max(initial=0.0))
     bound = preset.max_client_magnitude
@@ -243,6 +243,7 @@ def _check_values(flat: np.ndarray, weighted: np.ndarray, preset: Preset) -> Non
 def _layout(
     weighted: np.ndarray, weight: float, position: int, preset: Preset, round_id: int
 ) -> np.ndarray:
+    """All chunks' slots, one row each (built before forking: children only read it)."""
     per_chunk = preset.values_per_chunk
     num_chunks = max(1, -(-weighted.size // per_chunk))
     matrix = np.zeros((num_chunks, preset.slots), dtype=np.float64)
@@ -251,7 +252,7 @@ def _layout(
     matrix[:, r] = weight
     matrix[:, r + 1] = round_tag(round_id)
     matrix[:, r + 2] = np.arange(1, num_chunks + 1) / CHUNK_TAG_SCALE
-    body = np.zeros(num_chunks * per_chunk, dtype=np.float64)
-    body[: weighted.size] = weighted
-    matrix[:, preset.header_slots :] = body.reshape(num_chunks, per_chunk)
+    for index in range(num_chunks):
+        values = weighted[index * per_chunk : (index + 1) * per_chunk]
+        matrix[index, preset.header_slots : preset.header_slots + values.size] = values
     return matrix
