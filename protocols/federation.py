@@ -14,9 +14,7 @@ over-count spending but never forget it.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,35 +44,15 @@ from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_check
 from .config import FederationConfig
 from .local import (
     derive_seed,
-    evaluate,
     train_round,
 )
 from .plan import RunPlan
+from .roundlog import RoundLog, RoundMetrics, round_metrics
 from .server_opt import ServerOptimizer
 
 __all__ = ["Federation", "FederationConfig", "RoundMetrics", "RunResult"]
 
 KEY_FILE = "keys/secret-context.secagg"
-
-
-@dataclass
-class RoundMetrics:
-    """What one round did and cost."""
-
-    round: int
-    status: str  # "completed", "skipped" or "failed"
-    accuracy: float
-    loss: float
-    epsilon_max: float | None
-    epsilon_mean: float | None
-    delta: float
-    sampled: list[str]
-    contributors: list[str]
-    dropped: list[str]
-    rejected: list[str]
-    bytes_per_client: float
-    seconds: dict[str, float]
-    note: str = ""
 
 
 @dataclass
@@ -91,32 +69,6 @@ class RunResult:
     def final_accuracy(self) -> float:
         """Test accuracy after the last round."""
         return self.metrics[-1].accuracy if self.metrics else float("nan")
-
-
-@dataclass
-class _RoundLog:
-    """What happens to one round, collected for its :class:`RoundMetrics`."""
-
-    round_id: int
-    roster: list[str]
-    dropped: list[str] = field(default_factory=list)
-    trained: list[int] = field(default_factory=list)
-    declined: list[str] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    contributors: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("train", "encrypt", "aggregate", "decrypt"), 0.0)
-    )
-
-    @contextlib.contextmanager
-    def timed(self, phase: str) -> Iterator[None]:
-        """Add the wall time of the block to ``seconds[phase]``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - start
 
 
 class Federation:
@@ -272,7 +224,7 @@ class Federation:
         rng = np.random.default_rng([config.seed, round_id])
         chosen = np.sort(rng.choice(config.clients, size=config.sampled_per_round, replace=False))
         dropout_draws = rng.random(len(chosen))
-        log = _RoundLog(round_id, [self.client_ids[i] for i in chosen])
+        log = RoundLog(round_id, [self.client_ids[i] for i in chosen])
         log.dropped = [
             c for c, d in zip(log.roster, dropout_draws, strict=True) if d < config.dropout
         ]
@@ -321,7 +273,7 @@ class Federation:
         declined = f"over budget: {', '.join(log.declined)}" if log.declined else ""
         return self._metrics(log, "completed", declined)
 
-    def _client_turn(self, index: int, log: _RoundLog, broadcast: bytes) -> bytes | None:
+    def _client_turn(self, index: int, log: RoundLog, broadcast: bytes) -> bytes | None:
         """Client ``index`` trains on the broadcast weights and makes its payload."""
         config = self.config
         client = self.clients[index]
@@ -347,27 +299,17 @@ class Federation:
                 roster=log.roster,
             )
 
-    def _metrics(self, log: _RoundLog, status: str, note: str) -> RoundMetrics:
-        self.global_model.load_state_dict(self.global_state)
-        accuracy, loss = evaluate(self.global_model, self.dataset.x_test, self.dataset.y_test)
-        epsilons = [c.epsilon() for c in self.clients]
-        private = self.config.dp
-        sizes = [len(p) for p in log.payloads]
-        return RoundMetrics(
-            round=log.round_id,
-            status=status,
-            accuracy=accuracy,
-            loss=loss,
-            epsilon_max=max(epsilons) if private else None,
-            epsilon_mean=float(np.mean(epsilons)) if private else None,
+    def _metrics(self, log: RoundLog, status: str, note: str) -> RoundMetrics:
+        epsilons = [c.epsilon() for c in self.clients] if self.config.dp else None
+        return round_metrics(
+            log,
+            status,
+            note,
+            model=self.global_model,
+            state=self.global_state,
+            dataset=self.dataset,
+            epsilons=epsilons,
             delta=self.config.delta,
-            sampled=log.roster,
-            contributors=log.contributors,
-            dropped=log.dropped,
-            rejected=log.rejected,
-            bytes_per_client=float(np.mean(sizes)) if sizes else 0.0,
-            seconds=log.seconds,
-            note=note,
         )
 
     def with_config(self, **changes: Any) -> FederationConfig:

@@ -49,9 +49,9 @@ from ...errors import (
 )
 from ..aggregation import AggregatorRoundServer, PlaintextBackend, RoundServer, state_to_bytes
 from ..config import FederationConfig
-from ..federation import RoundMetrics, RunResult
-from ..local import evaluate
+from ..federation import RunResult
 from ..plan import RunPlan
+from ..roundlog import RoundLog, RoundMetrics, round_metrics
 from ..server_opt import ServerOptimizer
 from .config import FlowerOptions, client_id, config_from_run_config
 from .keys import load_server_context
@@ -191,20 +191,18 @@ class FlowerServer:
         rng = np.random.default_rng([config.seed, round_id])
         chosen = np.sort(rng.choice(config.clients, size=config.sampled_per_round, replace=False))
         dropout_draws = rng.random(len(chosen))
-        roster = [self.client_ids[i] for i in chosen]
+        log = RoundLog(round_id, [self.client_ids[i] for i in chosen])
         dropouts = {
             cid: "truncate" if d < config.dropout / 2 else "silent"
-            for cid, d in zip(roster, dropout_draws, strict=True)
+            for cid, d in zip(log.roster, dropout_draws, strict=True)
             if d < config.dropout
         }
-        seconds = {"train": 0.0, "encrypt": 0.0, "aggregate": 0.0, "decrypt": 0.0}
         start_round = time.perf_counter()
 
         wire_round = self.round_base + round_id
-        replies, sent = self._send_train(round_id, chosen.tolist(), roster, dropouts)
+        replies, sent = self._send_train(round_id, chosen.tolist(), log.roster, dropouts)
         payloads: dict[str, bytes] = {}
         trained: dict[str, tuple[int, float, float]] = {}  # cid -> node, ε before, ε after
-        declined: list[str] = []
         failed: list[str] = []
         answered: set[int] = set()
         for reply in replies:
@@ -214,79 +212,49 @@ class FlowerServer:
                 continue
             answered.add(node)
             try:
-                self._read_train_reply(node, reply.content, trained, declined, payloads, seconds)
+                self._read_train_reply(
+                    node, reply.content, trained, log.declined, payloads, log.seconds
+                )
             except PayloadError as exc:
                 failed.append(f"node {node}: {exc}")
         self._check_key_holders()
         no_reply = sorted(sent - answered)
-        dropped = [
-            cid for cid in roster if cid in dropouts or (cid not in trained and cid not in declined)
+        log.dropped = [
+            cid
+            for cid in log.roster
+            if cid in dropouts or (cid not in trained and cid not in log.declined)
         ]
-
-        start = time.perf_counter()
-        server = self._round_server(wire_round, roster)
-        rejected: list[str] = []
-        for cid in roster:  # roster order, as the in-process federation adds them
-            if cid in payloads:
-                try:
-                    server.add(payloads[cid])
-                except (PayloadError, AggregationError) as exc:
-                    rejected.append(f"{type(exc).__name__}: {exc}")
-        contributors = list(server.contributors)
-        notes = [f"over budget: {', '.join(declined)}"] if declined else []
+        # Roster order, as the in-process federation adds them.
+        log.payloads = [payloads[cid] for cid in log.roster if cid in payloads]
+        notes = [f"over budget: {', '.join(log.declined)}"] if log.declined else []
         notes += [f"failed: {'; '.join(failed)}"] if failed else []
-        try:
-            aggregate = server.finalize()
-        except NotEnoughClientsError as exc:
-            seconds["aggregate"] += time.perf_counter() - start
+
+        with log.timed("aggregate"):
+            server = self._round_server(wire_round, log.roster)
+            for payload in log.payloads:
+                try:
+                    server.add(payload)
+                except (PayloadError, AggregationError) as exc:
+                    log.rejected.append(f"{type(exc).__name__}: {exc}")
+            log.contributors = list(server.contributors)
+            try:
+                aggregate: bytes | None = server.finalize()
+            except NotEnoughClientsError as exc:
+                aggregate = None
+                notes.insert(0, str(exc))
+        if aggregate is None:
             self._record_outcomes(round_id, trained, no_reply, contributors=[])
-            seconds["wall"] = time.perf_counter() - start_round
-            return self._metrics(
-                round_id,
-                "skipped",
-                roster,
-                contributors,
-                dropped,
-                rejected,
-                payloads,
-                seconds,
-                "; ".join([str(exc), *notes]),
-            )
-        seconds["aggregate"] += time.perf_counter() - start
+            return self._metrics(log, "skipped", notes, start_round)
 
         # The contributors' spending is final (their nodes keep it); the rest roll back.
-        self._record_outcomes(round_id, trained, no_reply, contributors=contributors)
-        start = time.perf_counter()
+        self._record_outcomes(round_id, trained, no_reply, contributors=log.contributors)
         try:
-            released = self._release(round_id, wire_round, aggregate, contributors)
+            with log.timed("decrypt"):
+                released = self._release(round_id, wire_round, aggregate, log.contributors)
         except SecaggError as exc:
-            seconds["decrypt"] += time.perf_counter() - start
-            seconds["wall"] = time.perf_counter() - start_round
-            return self._metrics(
-                round_id,
-                "failed",
-                roster,
-                contributors,
-                dropped,
-                rejected,
-                payloads,
-                seconds,
-                "; ".join([str(exc), *notes]),
-            )
-        seconds["decrypt"] += time.perf_counter() - start
+            return self._metrics(log, "failed", [str(exc), *notes], start_round)
         self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
-        seconds["wall"] = time.perf_counter() - start_round
-        return self._metrics(
-            round_id,
-            "completed",
-            roster,
-            contributors,
-            dropped,
-            rejected,
-            payloads,
-            seconds,
-            "; ".join(notes),
-        )
+        return self._metrics(log, "completed", notes, start_round)
 
     def _send_train(
         self, round_id: int, chosen: list[int], roster: list[str], dropouts: dict[str, str]
@@ -493,40 +461,18 @@ class FlowerServer:
 
     # ------------------------------------------------------------------ metrics
     def _metrics(
-        self,
-        round_id: int,
-        status: str,
-        roster: list[str],
-        contributors: list[str],
-        dropped: list[str],
-        rejected: list[str],
-        payloads: dict[str, bytes],
-        seconds: dict[str, float],
-        note: str,
+        self, log: RoundLog, status: str, notes: list[str], start_round: float
     ) -> RoundMetrics:
-        self.global_model.load_state_dict(self.global_state)
-        accuracy, loss = evaluate(
-            self.global_model, self.plan.dataset.x_test, self.plan.dataset.y_test
-        )
-        epsilons = list(self.epsilons.values())
-        dp = self.config.dp
-        return RoundMetrics(
-            round=round_id,
-            status=status,
-            accuracy=accuracy,
-            loss=loss,
-            epsilon_max=max(epsilons) if dp else None,
-            epsilon_mean=float(np.mean(epsilons)) if dp else None,
+        log.seconds["wall"] = time.perf_counter() - start_round
+        return round_metrics(
+            log,
+            status,
+            "; ".join(notes),
+            model=self.global_model,
+            state=self.global_state,
+            dataset=self.plan.dataset,
+            epsilons=list(self.epsilons.values()) if self.config.dp else None,
             delta=self.config.delta,
-            sampled=roster,
-            contributors=contributors,
-            dropped=sorted(dropped),
-            rejected=rejected,
-            bytes_per_client=float(np.mean([len(p) for p in payloads.values()]))
-            if payloads
-            else 0.0,
-            seconds=seconds,
-            note=note,
         )
 
     def _write_output(self, *, finished: bool) -> None:
