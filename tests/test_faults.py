@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from _tiny import tiny_config
 
 import secagg
 from secagg import _files
@@ -105,19 +105,7 @@ def test_a_write_killed_before_the_rename_keeps_the_previous_checkpoint(
 
 
 def _tiny(**changes: Any) -> FederationConfig:
-    base = FederationConfig(
-        dataset="digits",
-        clients=3,
-        rounds=2,
-        fraction=1.0,
-        max_examples=300,
-        batch_size=32,
-        lr=0.5,
-        client_optimizer="sgd",
-        model_overrides={"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16},
-        attention_analysis=False,
-    )
-    return dataclasses.replace(base, **changes)
+    return tiny_config(**{"clients": 3, "fraction": 1.0, **changes})
 
 
 def _steps(federation: Federation) -> list[int]:

@@ -8,30 +8,16 @@ from typing import Any
 
 import pytest
 import torch
+from _tiny import tiny_config
 
 from secagg.errors import CheckpointError, ConfigurationError
 from secagg.protocols import Federation, FederationConfig, load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
-
 
 def tiny(**changes: Any) -> FederationConfig:
-    base = FederationConfig(
-        dataset="digits",
-        clients=4,
-        rounds=2,
-        fraction=0.75,
-        min_clients=2,
-        max_examples=300,
-        batch_size=32,
-        lr=0.5,
-        client_optimizer="sgd",
-        model_overrides=TINY_MODEL,
-        attention_analysis=False,
-    )
-    return dataclasses.replace(base, **changes)
+    return tiny_config(**changes)
 
 
 @pytest.fixture(autouse=True)

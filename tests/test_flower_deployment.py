@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch
+from _tiny import tiny_config
 
 from secagg.protocols import Federation, FederationConfig
 from secagg.protocols.aggregation import state_from_bytes
@@ -41,21 +42,7 @@ TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
 
 def tiny() -> FederationConfig:
     """The same small federation as the in-process Flower test: 3 clients, 2 rounds."""
-    return FederationConfig(
-        dataset="digits",
-        clients=NODES,
-        rounds=2,
-        fraction=1.0,
-        min_clients=2,
-        max_examples=300,
-        batch_size=32,
-        lr=0.5,
-        client_optimizer="sgd",
-        model_overrides=TINY_MODEL,
-        attention_analysis=False,
-        noise_multiplier=1.0,
-        seed=11,
-    )
+    return tiny_config(clients=NODES, fraction=1.0, noise_multiplier=1.0, seed=11)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch
+from _tiny import tiny_config
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.serverapp import Grid
@@ -58,29 +59,15 @@ from secagg.protocols.flower.server_app import FlowerServer, run_server
 
 pytestmark = [pytest.mark.flower, pytest.mark.filterwarnings("ignore::UserWarning")]
 
-TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
 RUN_ID = 7
 SUPERLINK_NODE = 1
 
 
 def tiny(**changes: Any) -> FederationConfig:
     """The small federation both engines run: 3 clients, 2 rounds, DP and HE on."""
-    base = FederationConfig(
-        dataset="digits",
-        clients=3,
-        rounds=2,
-        fraction=1.0,
-        min_clients=2,
-        max_examples=300,
-        batch_size=32,
-        lr=0.5,
-        client_optimizer="sgd",
-        model_overrides=TINY_MODEL,
-        attention_analysis=False,
-        noise_multiplier=1.0,
-        seed=11,
+    return tiny_config(
+        **{"clients": 3, "fraction": 1.0, "noise_multiplier": 1.0, "seed": 11, **changes}
     )
-    return dataclasses.replace(base, **changes)
 
 
 # ---------------------------------------------------------------------- the Grid double
