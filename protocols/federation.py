@@ -15,7 +15,7 @@ over-count spending but never forget it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +311,3 @@ class Federation:
             epsilons=epsilons,
             delta=self.config.delta,
         )
-
-    def with_config(self, **changes: Any) -> FederationConfig:
-        """A copy of this run's configuration with ``changes`` applied."""
-        return replace(self.config, **changes)
