@@ -24,10 +24,7 @@ import torch
 
 from ..datasets import Dataset
 from ..errors import (
-    AggregationError,
     CheckpointError,
-    NotEnoughClientsError,
-    PayloadError,
     PrivacyBudgetExceededError,
     ReleaseError,
 )
@@ -237,21 +234,10 @@ class Federation:
                 # Half the dropouts are killed mid-upload; the other half never upload.
                 log.payloads.append(payload[: len(payload) // 2])
 
-        with log.timed("aggregate"):
-            server = self.backend.server(
-                round_id=round_id, roster=log.roster, min_clients=config.min_clients
-            )
-            for payload in log.payloads:
-                try:
-                    server.add(payload)
-                except (PayloadError, AggregationError) as exc:
-                    log.rejected.append(f"{type(exc).__name__}: {exc}")
-            log.contributors = list(server.contributors)
-            try:
-                aggregate = server.finalize()
-            except NotEnoughClientsError as exc:
-                aggregate = None
-                note = str(exc)
+        server = self.backend.server(
+            round_id=round_id, roster=log.roster, min_clients=config.min_clients
+        )
+        aggregate, note = log.aggregate(server)
         if aggregate is None:
             for index in log.trained:
                 self.clients[index].discard_round()

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..datasets import Dataset
+from ..errors import AggregationError, NotEnoughClientsError, PayloadError
+from .aggregation import RoundServer
 from .local import evaluate
 
 __all__ = ["RoundLog", "RoundMetrics", "round_metrics"]
@@ -55,6 +57,29 @@ class RoundLog:
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("train", "encrypt", "aggregate", "decrypt"), 0.0)
     )
+
+    def aggregate(self, server: RoundServer) -> tuple[bytes | None, str]:
+        """Feed :attr:`payloads` to ``server`` (timed as "aggregate") and finalize.
+
+        Rejected payloads are recorded in :attr:`rejected` and the round goes on.
+
+        Returns
+        -------
+        tuple of (bytes or None) and str
+            The serialized aggregate, or ``None`` with the reason when too few
+            contributions arrived.
+        """
+        with self.timed("aggregate"):
+            for payload in self.payloads:
+                try:
+                    server.add(payload)
+                except (PayloadError, AggregationError) as exc:
+                    self.rejected.append(f"{type(exc).__name__}: {exc}")
+            self.contributors = list(server.contributors)
+            try:
+                return server.finalize(), ""
+            except NotEnoughClientsError as exc:
+                return None, str(exc)
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:

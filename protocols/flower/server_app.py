@@ -39,10 +39,8 @@ from ..._files import atomic_write_bytes
 from ...aggregate import Aggregator
 from ...context import ServerContext
 from ...errors import (
-    AggregationError,
     ConfigurationError,
     FormatError,
-    NotEnoughClientsError,
     PayloadError,
     ReleaseError,
     SecaggError,
@@ -229,19 +227,9 @@ class FlowerServer:
         notes = [f"over budget: {', '.join(log.declined)}"] if log.declined else []
         notes += [f"failed: {'; '.join(failed)}"] if failed else []
 
-        with log.timed("aggregate"):
-            server = self._round_server(wire_round, log.roster)
-            for payload in log.payloads:
-                try:
-                    server.add(payload)
-                except (PayloadError, AggregationError) as exc:
-                    log.rejected.append(f"{type(exc).__name__}: {exc}")
-            log.contributors = list(server.contributors)
-            try:
-                aggregate: bytes | None = server.finalize()
-            except NotEnoughClientsError as exc:
-                aggregate = None
-                notes.insert(0, str(exc))
+        aggregate, reason = log.aggregate(self._round_server(wire_round, log.roster))
+        if reason:
+            notes.insert(0, reason)
         if aggregate is None:
             self._record_outcomes(round_id, trained, no_reply, contributors=[])
             return self._metrics(log, "skipped", notes, start_round)
