@@ -150,7 +150,7 @@ def model_update(dataset: str, *, seed: int = 0) -> dict[str, torch.Tensor]:
     Parameters
     ----------
     dataset : str
-        A name from :data:`secagg.datasets.DATASET_NAMES`.
+        A name from :data:`secagg.protocols.datasets.DATASET_NAMES`.
     seed : int, optional
         Seed of the values (``N(0, 0.01²)``).
 
@@ -833,7 +833,7 @@ def _timed_steps(step: Callable[[], None], count: int) -> list[float]:
 
 @functools.lru_cache(maxsize=8)
 def _dataset(name: str, max_examples: int | None) -> Any:
-    from secagg.datasets import load_dataset
+    from secagg.protocols.datasets import load_dataset
 
     return load_dataset(name, max_examples=max_examples)
 
@@ -865,7 +865,7 @@ def make_dp_steps(dataset: str, *, batch_size: int = 64, max_examples: int | Non
     Parameters
     ----------
     dataset : str
-        A name from :data:`secagg.datasets.DATASET_NAMES`.
+        A name from :data:`secagg.protocols.datasets.DATASET_NAMES`.
     batch_size : int, optional
         Examples per step.
     max_examples : int or None, optional
@@ -940,7 +940,7 @@ def dp_step_overhead(
     Parameters
     ----------
     dataset : str
-        A name from :data:`secagg.datasets.DATASET_NAMES`.
+        A name from :data:`secagg.protocols.datasets.DATASET_NAMES`.
     batch_size : int, optional
         Examples per step.
     steps : int, optional

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from secagg.datasets import load_dataset
+from secagg.protocols.datasets import load_dataset
 from secagg.protocols import Federation, FederationConfig
 from secagg.protocols.local import (
     NonPrivateClient,

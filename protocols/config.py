@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..datasets import DATASET_NAMES
+from .datasets import DATASET_NAMES
 from ..errors import ConfigurationError
 from ..presets import get_preset
 from .server_opt import SERVER_OPTIMIZERS

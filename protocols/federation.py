@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets import Dataset
+from .datasets import Dataset
 from ..errors import (
     CheckpointError,
     PrivacyBudgetExceededError,

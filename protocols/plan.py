@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..client import PrivateClient, plan_noise_multiplier
-from ..datasets import Dataset, load_dataset
+from .datasets import Dataset, load_dataset
 from ..errors import ConfigurationError
-from ..partition import dirichlet_partition
+from .partition import dirichlet_partition
 from .config import FederationConfig
 from .local import LocalClient, NonPrivateClient, make_loader, make_optimizer
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..datasets import Dataset
+from .datasets import Dataset
 from ..errors import AggregationError, NotEnoughClientsError, PayloadError
 from .aggregation import RoundServer
 from .local import evaluate

@@ -16,7 +16,7 @@ from secagg import __version__
 from secagg.errors import CheckpointError
 from secagg.protocols import load_checkpoint
 
-SECAGG = [sys.executable, "-m", "secagg.cli"]
+SECAGG = [sys.executable, "-m", "secagg.protocols.cli"]
 SMALL = [
     "--dataset", "digits", "--max-examples", "300", "--model-arg", "embed_dim=16",
     "--model-arg", "num_heads=2", "--model-arg", "num_layers=1", "--model-arg", "ff_dim=16",

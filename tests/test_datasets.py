@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from secagg.datasets import DATASET_NAMES, Dataset, available_datasets, load_dataset
+from secagg.protocols.datasets import DATASET_NAMES, Dataset, available_datasets, load_dataset
 from secagg.errors import ConfigurationError, DatasetUnavailableError
-from secagg.text import EMPTY_TOKEN, HashingTokenizer
+from secagg.protocols.text import EMPTY_TOKEN, HashingTokenizer
 
 # name -> (kind, total examples, classes, per-example shape)
 EXPECTED: dict[str, tuple[str, int, int, tuple[int, ...]]] = {

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import secagg
 from secagg.client import PrivateClient, plan_noise_multiplier
-from secagg.datasets import load_dataset
+from secagg.protocols.datasets import load_dataset
 from secagg.errors import CheckpointError, ConfigurationError, PrivacyBudgetExceededError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

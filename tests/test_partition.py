@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import ConfigurationError
-from secagg.partition import dirichlet_partition
+from secagg.protocols.partition import dirichlet_partition
 
 
 @st.composite

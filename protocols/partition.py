@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from secagg.errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["MAX_PARTITION_TRIES", "dirichlet_partition"]
 

@@ -46,8 +46,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from secagg.errors import ConfigurationError, DatasetUnavailableError
-from secagg.text import HashingTokenizer
+from ..errors import ConfigurationError, DatasetUnavailableError
+from .text import HashingTokenizer
 
 __all__ = [
     "DATASET_NAMES",
@@ -746,7 +746,7 @@ def load_dataset(
        the **train part only** (so nothing about the test part leaks into preprocessing;
        german_credit's one-hot columns stay 0/1 and only its numeric columns are
        standardised). Images are scaled to ``[0, 1]`` (digits ``/16``, mnist ``/255``); texts
-       are encoded by a :class:`~secagg.text.HashingTokenizer` with 4,096 buckets and
+       are encoded by a :class:`~secagg.protocols.text.HashingTokenizer` with 4,096 buckets and
        ``max_len`` 256 (bbc_news) or 64 (rotten_tomatoes).
 
     Parameters

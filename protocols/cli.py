@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import ConfigurationError, SecaggError
+from .. import __version__
+from ..errors import ConfigurationError, SecaggError
 
 __all__ = ["main"]
 
@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from .protocols.recipes import DEFAULT_DATASET, default_config
+    from .recipes import DEFAULT_DATASET, default_config
 
     values: dict[str, Any] = {}
     options = {
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .protocols import Federation, FederationConfig, RoundMetrics
+    from . import Federation, FederationConfig, RoundMetrics
     from .report import write_report
 
     torch.set_num_threads(max(1, args.threads))

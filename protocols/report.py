@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from ._files import atomic_write_bytes
+from .._files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from secagg.protocols import RunResult

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from secagg.errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["EMPTY_TOKEN", "TOKEN_PATTERN", "HashingTokenizer"]
 
