@@ -1,11 +1,14 @@
-"""Crash-safe file writes: a write either lands whole or leaves the old file untouched."""
+"""Crash-safe file writes (a write lands whole or not at all) and guarded secret reads."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes"]
+from .errors import ContextError
+
+__all__ = ["atomic_write_bytes", "read_secret_file"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> Path:
@@ -53,3 +56,37 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     finally:
         os.close(dir_fd)
     return target
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """Read a secret file, refusing one that group or others can read or write.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    what : str
+        What the file is, for error messages ("secret context", "signing key", ...).
+
+    Raises
+    ------
+    ContextError
+        If ``path`` is not a path, the file cannot be read, is not a regular file, or
+        its permissions let anyone but its owner read or write it (``chmod 600`` it).
+    """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise ContextError(f"the {what} path must be a file path, got {path!r:.60}")
+    target = Path(path)
+    try:
+        with open(target, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ContextError(f"{what} {target} is not a regular file")
+            if info.st_mode & 0o077:
+                raise ContextError(
+                    f"{what} {target} is accessible to group or others (mode "
+                    f"{stat.S_IMODE(info.st_mode):o}); run `chmod 600 {target}`"
+                )
+            return handle.read()
+    except OSError as exc:
+        raise ContextError(f"cannot read {what} {target}: {exc.strerror or exc}") from None

@@ -1,11 +1,11 @@
 """Encrypt ciphertext chunks in several processes (TenSEAL never releases the GIL).
 
-The calling process forks one child per extra worker. A child inherits the SEAL session
-and the slot matrix (nothing is pickled; it only reads them, so few pages are copied),
-encrypts its share of the rows, writes the
-ciphertexts to a pipe as length-prefixed records and exits; the parent encrypts the first
-share itself meanwhile, then reads the pipes. Children never return into the caller's code:
-whatever happens they end with ``os._exit``.
+The calling process forks one child per extra worker. A child inherits everything the
+block function needs (the SEAL session, the MAC, the matrix: nothing is pickled; it
+only reads them, so few pages are copied), turns its block of rows into bytes,
+writes them to a pipe as length-prefixed records and exits; the parent does the first
+share itself meanwhile, then reads the pipes. Children never return into the caller's
+code: whatever happens they end with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -13,60 +13,79 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
-from ._seal import SealSession
 from .errors import ConfigurationError
 
-__all__ = ["PARALLEL_MIN_CHUNKS", "encrypt_rows"]
+__all__ = ["PARALLEL_MIN_CHUNKS", "default_workers", "map_blocks"]
 
 # Below this many chunks, forking costs more than it saves.
 PARALLEL_MIN_CHUNKS = 24
 _LENGTH = struct.Struct(">Q")
 
+# (index of the block's first row, the block) -> one bytes result per row
+BlockFunction = Callable[[int, np.ndarray], list[bytes]]
 
-def encrypt_rows(session: SealSession, matrix: np.ndarray, workers: int | None) -> list[bytes]:
-    """Encrypt every row of ``matrix`` in ``workers`` processes (default: one per core).
+
+def default_workers(count: int) -> int:
+    """Processes used for ``count`` rows by default: up to one per core for large jobs."""
+    return min(len(os.sched_getaffinity(0)), 8) if count >= PARALLEL_MIN_CHUNKS else 1
+
+
+def map_blocks(function: BlockFunction, matrix: np.ndarray, workers: int | None) -> list[bytes]:
+    """Split ``matrix`` into ``workers`` blocks of rows and apply ``function`` to each.
+
+    Returns one result per row, in row order.
 
     Raises
     ------
     ConfigurationError
-        If ``workers`` is below 1.
+        If ``workers`` is not a positive int.
     RuntimeError
         If a worker process fails.
     """
     count = matrix.shape[0]
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), 8) if count >= PARALLEL_MIN_CHUNKS else 1
-    if workers < 1:
-        raise ConfigurationError("workers must be at least 1")
+        workers = default_workers(count)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(f"workers must be a positive int, got {workers!r:.40}")
     workers = min(workers, count)
     if workers == 1:
-        return [session.encrypt(row) for row in matrix]
+        return _checked(function(0, matrix), count)
     bounds = np.linspace(0, count, workers + 1).astype(int).tolist()
     shares = list(itertools.pairwise(bounds))
-    children = [_fork_worker(session, matrix[a:b]) for a, b in shares[1:]]
-    chunks = [session.encrypt(row) for row in matrix[shares[0][0] : shares[0][1]]]
+    children = [_fork_worker(function, matrix, a, b) for a, b in shares[1:]]
+    first, last = shares[0]
+    results = _checked(function(first, matrix[first:last]), last - first)
     for (pid, read_fd), (a, b) in zip(children, shares[1:], strict=True):
-        chunks.extend(_collect(pid, read_fd, b - a))
-    return chunks
+        results.extend(_collect(pid, read_fd, b - a))
+    return results
 
 
-def _fork_worker(session: SealSession, block: np.ndarray) -> tuple[int, int]:
+def _checked(results: list[bytes], expected: int) -> list[bytes]:
+    if len(results) != expected:
+        raise RuntimeError(f"a block function returned {len(results)} results for {expected} rows")
+    return results
+
+
+def _fork_worker(
+    function: BlockFunction, matrix: np.ndarray, first: int, last: int
+) -> tuple[int, int]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
         status = 1
         try:
             os.close(read_fd)
-            # Encrypt everything first: writing as we go would block on the full pipe
+            # Compute everything first: writing as we go would block on the full pipe
             # until the parent, busy with its own share, starts reading.
-            chunks = [session.encrypt(row) for row in block]
+            results = _checked(function(first, matrix[first:last]), last - first)
             with os.fdopen(write_fd, "wb") as pipe:
-                for chunk in chunks:
-                    pipe.write(_LENGTH.pack(len(chunk)))
-                    pipe.write(chunk)
+                for result in results:
+                    pipe.write(_LENGTH.pack(len(result)))
+                    pipe.write(result)
             status = 0
         finally:
             os._exit(status)
@@ -78,13 +97,13 @@ def _collect(pid: int, read_fd: int, expected: int) -> list[bytes]:
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
-    chunks = []
+    results = []
     offset = 0
     while offset + _LENGTH.size <= len(data):
         (size,) = _LENGTH.unpack_from(data, offset)
         offset += _LENGTH.size
-        chunks.append(data[offset : offset + size])
+        results.append(data[offset : offset + size])
         offset += size
-    if status != 0 or len(chunks) != expected or offset != len(data):
+    if status != 0 or len(results) != expected or offset != len(data):
         raise RuntimeError(f"an encryption worker failed (exit status {status})")
-    return chunks
+    return results

@@ -1,33 +1,57 @@
-"""Internal bridge to SEAL through ``tenseal.sealapi``.
+"""Internal bridge to SEAL through ``tenseal.sealapi``: parameters, encryption, decryption.
 
-TenSEAL's vector API cannot produce seeded symmetric ciphertexts nor pack two reals
-per complex slot, so secagg talks to SEAL directly. SEAL objects save and load only
-through file paths; an anonymous in-memory file (``memfd``) keeps every byte off disk.
-Every SEAL exception raised while loading untrusted bytes is re-raised as a typed
-:mod:`secagg.errors` exception.
+secagg never ships SEAL's own ciphertext files. A client encrypts with SEAL's seeded
+symmetric encryption and keeps only the two things that define the ciphertext: the
+first polynomial ``c0`` (in NTT form, one ``uint64`` per coefficient and data prime)
+and the 64-byte seed from which SEAL expands the second polynomial ``c1``. The server
+adds ``c0`` polynomials itself (modulo the data primes); the key holder rebuilds every
+contributor's ``c1`` from its seed, so no ``c1`` chosen by anyone but SEAL's own
+expansion is ever decrypted (see ``docs/THREAT_MODEL.md``).
+
+SEAL objects only save to and load from paths; an anonymous in-memory file (``memfd``)
+keeps every byte off disk. SEAL compresses what it saves with zstd; the ciphertext
+files the key holder hands back to SEAL are written uncompressed by :func:`_seal_file`.
+Every SEAL failure on untrusted bytes becomes a typed :mod:`secagg.errors` exception.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import tenseal.sealapi as sealapi
+import zstandard
 
 from .errors import ContextError, FormatError
 from .presets import Preset
 
 __all__ = [
+    "SEED_BYTES",
+    "CiphertextParts",
+    "SealParameters",
     "SealSession",
-    "ciphertext_from_bytes",
-    "ciphertext_to_bytes",
-    "context_from_parameters",
+    "parameters_for",
     "parameters_from_bytes",
     "parameters_to_bytes",
 ]
+
+SEED_BYTES = 64
+_HEADER = struct.Struct("<HBBBBHQ")  # SEALHeader: magic, size, major, minor, compression, _, bytes
+_MAGIC = 0xA15E
+_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
+# Ciphertext members: parms_id, is_ntt_form, size, N, coeff_modulus_size, scale, correction.
+_CT_MEMBERS = struct.Struct("<32sBQQQdQ")
+_PT_MEMBERS = struct.Struct("<32sQd")  # Plaintext: parms_id, coeff_count, scale
+_PRNG_BLAKE2XB = 1
+_MAX_OBJECT_BYTES = 1 << 26
+# SEAL's largest ciphertext size: the most polynomials one NTT round trip carries.
+_MAX_POLYS = 16
 
 
 class _Saveable(Protocol):
@@ -40,7 +64,9 @@ def _memfile(data: bytes | None = None) -> Iterator[str]:
     fd = os.memfd_create("secagg", 0)
     try:
         if data:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
@@ -79,104 +105,321 @@ def parameters_from_bytes(data: bytes) -> Any:
     return parms
 
 
-def context_from_parameters(parms: Any) -> Any:
-    """Build a SEAL context at 128-bit security, raising :class:`ContextError` if invalid."""
-    try:
-        context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise ContextError(f"invalid CKKS parameters: {exc}") from None
-    if not context.parameters_set():
-        raise ContextError(f"invalid CKKS parameters: {context.parameters_error_message()}")
-    if parms.scheme() != sealapi.SCHEME_TYPE.CKKS:
-        raise ContextError("parameters are not for the CKKS scheme")
-    return context
+@dataclass(frozen=True)
+class CiphertextParts:
+    """What defines one seeded symmetric ciphertext.
 
-
-def ciphertext_to_bytes(ciphertext: Any) -> bytes:
-    """Serialize a ciphertext (or a seeded ``Serializable`` ciphertext)."""
-    return _save(ciphertext)
-
-
-def ciphertext_from_bytes(context: Any, data: bytes, *, scale: float) -> Any:
-    """Load and validate one ciphertext of this context's data level.
-
-    Raises
-    ------
-    FormatError
-        If SEAL cannot load the bytes, or the ciphertext is not a fresh-level,
-        two-component CKKS ciphertext at the expected scale.
+    Attributes
+    ----------
+    c0 : numpy.ndarray
+        ``uint64`` of shape ``(L·N,)``: the first polynomial in NTT form, residues
+        modulo each of the ``L`` data primes in turn, every one below its prime.
+    seed : bytes
+        The 64-byte Blake2xb seed SEAL expands into the second polynomial ``c1``.
     """
-    ciphertext = sealapi.Ciphertext()
-    try:
-        with _memfile(data) as path:
-            ciphertext.load(context, path)
-    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
-        raise FormatError(f"unreadable ciphertext: {exc}") from None
-    if ciphertext.size() != 2 or not ciphertext.is_ntt_form():
-        raise FormatError("ciphertext is not a two-component CKKS ciphertext")
-    if ciphertext.parms_id() != context.first_parms_id():
-        raise FormatError("ciphertext is not at the data level of this context")
-    if ciphertext.scale != scale:
-        raise FormatError(f"ciphertext scale {ciphertext.scale} differs from {scale}")
-    return ciphertext
+
+    c0: np.ndarray
+    seed: bytes
 
 
-def secret_key_to_bytes(secret_key: Any) -> bytes:
-    """Serialize a secret key."""
-    return _save(secret_key)
-
-
-def secret_key_from_bytes(context: Any, data: bytes) -> Any:
-    """Load a secret key for ``context``, raising :class:`ContextError` on bad bytes."""
-    secret_key = sealapi.SecretKey()
-    try:
-        with _memfile(data) as path:
-            secret_key.load(context, path)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise ContextError(f"unreadable secret key: {exc}") from None
-    return secret_key
-
-
-class SealSession:
-    """SEAL objects for one key: encoder, symmetric encryptor and decryptor.
+class SealParameters:
+    """A validated SEAL CKKS context for a preset (no key of any kind).
 
     Parameters
     ----------
     preset : Preset
-        The parameters the key was made for.
+        The preset the parameters must match.
     parms_bytes : bytes
         Serialized SEAL encryption parameters.
-    secret_key_bytes : bytes or None
-        Serialized secret key; ``None`` generates a fresh key.
+
+    Raises
+    ------
+    ContextError
+        If the bytes do not load, do not match ``preset`` or are below 128-bit security.
     """
 
-    def __init__(self, preset: Preset, parms_bytes: bytes, secret_key_bytes: bytes | None) -> None:
+    def __init__(self, preset: Preset, parms_bytes: bytes) -> None:
+        parms = parameters_from_bytes(parms_bytes)
+        if parms.scheme() != sealapi.SCHEME_TYPE.CKKS:
+            raise ContextError("parameters are not for the CKKS scheme")
+        if parms.poly_modulus_degree() != preset.poly_modulus_degree:
+            raise ContextError("CKKS parameters do not match the declared preset")
+        bits = tuple(m.bit_count() for m in parms.coeff_modulus())
+        if bits != preset.coeff_bits:
+            raise ContextError(f"coefficient modulus bits {bits} differ from {preset.coeff_bits}")
+        try:
+            context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ContextError(f"invalid CKKS parameters: {exc}") from None
+        if not context.parameters_set():
+            raise ContextError(f"invalid CKKS parameters: {context.parameters_error_message()}")
         self.preset = preset
         self.parms_bytes = parms_bytes
-        self.context = context_from_parameters(parameters_from_bytes(parms_bytes))
+        self.context = context
+        data = context.first_context_data().parms()
+        self.moduli: tuple[int, ...] = tuple(int(m.value()) for m in data.coeff_modulus())
+        self.parms_id = struct.pack("<4Q", *context.first_parms_id())
+        # Files handed back to SEAL carry this build's own version in their headers.
+        saved = _HEADER.unpack_from(parms_bytes)
+        self._version = (saved[2], saved[3])
+
+    @property
+    def coefficients(self) -> int:
+        """``L·N``: coefficients of one ciphertext polynomial over all data primes."""
+        return self.preset.poly_modulus_degree * len(self.moduli)
+
+    def modulus_column(self) -> np.ndarray:
+        """The data prime of each coefficient of ``c0``, as ``uint64`` of shape ``(L·N,)``."""
+        n = self.preset.poly_modulus_degree
+        return np.repeat(np.asarray(self.moduli, dtype=np.uint64), n)
+
+    # ------------------------------------------------------------------ SEAL files
+    def _object(self, members: bytes) -> bytes:
+        major, minor = self._version
+        return _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, 0) + members
+
+    def _seal_file(self, c0: np.ndarray, seed: bytes) -> bytes:
+        """An uncompressed SEAL file of the seeded ciphertext ``(c0, expand(seed))``."""
+        n = self.preset.poly_modulus_degree
+        data = np.ascontiguousarray(c0, dtype="<u8").tobytes()
+        dyn = self._sized(struct.pack("<Q", c0.size) + data)
+        info = self._sized(bytes([_PRNG_BLAKE2XB]) + seed)
+        members = (
+            _CT_MEMBERS.pack(self.parms_id, 1, 2, n, len(self.moduli), self.preset.scale, 1)
+            + dyn
+            + info
+        )
+        return self._sized(members)
+
+    def _sized(self, members: bytes) -> bytes:
+        major, minor = self._version
+        size = _HEADER.size + len(members)
+        return _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, size) + members
+
+    def load_seeded(self, c0: np.ndarray, seed: bytes) -> Any:
+        """Load the seeded ciphertext ``(c0, expand(seed))`` into a SEAL ``Ciphertext``.
+
+        Raises
+        ------
+        FormatError
+            If SEAL refuses it (for example a coefficient not below its prime).
+        """
+        ciphertext = sealapi.Ciphertext()
+        try:
+            with _memfile(self._seal_file(c0, seed)) as path:
+                ciphertext.load(self.context, path)
+        except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+            raise FormatError(f"SEAL refused a ciphertext: {exc}") from None
+        return ciphertext
+
+    def _polys_file(self, polys: np.ndarray, *, ntt: bool) -> bytes:
+        """An uncompressed SEAL file of a ciphertext whose polynomials are ``polys``."""
+        n = self.preset.poly_modulus_degree
+        data = np.ascontiguousarray(polys, dtype="<u8")
+        dyn = self._sized(struct.pack("<Q", data.size) + data.tobytes())
+        members = _CT_MEMBERS.pack(
+            self.parms_id, 1 if ntt else 0, polys.shape[0], n, len(self.moduli), 1.0, 1
+        )
+        return self._sized(members + dyn)
+
+    def _read_polys(self, data: bytes, count: int) -> np.ndarray:
+        members = _members(data)
+        dyn = _members(members[_CT_MEMBERS.size :], nested=True)
+        width = self.coefficients
+        if len(dyn) != 8 + 8 * count * width:
+            raise FormatError("SEAL returned a ciphertext of an unexpected size")
+        return np.frombuffer(dyn, dtype="<u8", offset=8).reshape(count, width).copy()
+
+    def transform(self, polys: np.ndarray, *, to_ntt: bool, evaluator: Any) -> np.ndarray:
+        """NTT (or inverse NTT) of every row of ``polys`` (each reduced), computed by SEAL.
+
+        Rows travel in batches of up to 16 as the polynomials of one ciphertext. A
+        ciphertext whose polynomials after the first are all zero is "transparent" to
+        SEAL, which refuses it, so such a batch gets one more row, of ones.
+        """
+        rows = polys.shape[0]
+        out = np.empty_like(polys)
+        for start in range(0, rows, _MAX_POLYS - 1):
+            block = polys[start : start + _MAX_POLYS - 1]
+            if not block[1:].any():
+                block = np.vstack([block, np.ones_like(block[:1])])
+            ciphertext = sealapi.Ciphertext()
+            with _memfile(self._polys_file(block, ntt=not to_ntt)) as path:
+                ciphertext.load(self.context, path)
+            if to_ntt:
+                evaluator.transform_to_ntt_inplace(ciphertext)
+            else:
+                evaluator.transform_from_ntt_inplace(ciphertext)
+            done = self._read_polys(_save(ciphertext), block.shape[0])
+            count = min(_MAX_POLYS - 1, rows - start)
+            out[start : start + count] = done[:count]
+        return out
+
+    def parse_plaintext(self, data: bytes) -> np.ndarray:
+        """The NTT-form coefficients of a plaintext file saved by SEAL."""
+        members = _members(data)
+        if len(members) < _PT_MEMBERS.size:
+            raise FormatError("plaintext file is too short")
+        parms_id, count, _ = _PT_MEMBERS.unpack_from(members)
+        dyn = _members(members[_PT_MEMBERS.size :], nested=True)
+        if parms_id != self.parms_id or count != self.coefficients:
+            raise FormatError("not an NTT-form plaintext of this context")
+        if len(dyn) != 8 + 8 * count:
+            raise FormatError("plaintext data does not match its size")
+        return np.frombuffer(dyn, dtype="<u8", offset=8).copy()
+
+    def parse_seeded(self, data: bytes) -> CiphertextParts:
+        """Read ``c0`` and the seed out of a seeded ciphertext file saved by SEAL.
+
+        Raises
+        ------
+        FormatError
+            If the bytes are not a seeded, NTT-form, two-component ciphertext of this
+            context at the preset's scale.
+        """
+        members = _members(data)
+        if len(members) < _CT_MEMBERS.size:
+            raise FormatError("ciphertext file is too short")
+        parms_id, ntt, size, n, count, scale, _ = _CT_MEMBERS.unpack_from(members)
+        if parms_id != self.parms_id or not ntt or size != 2:
+            raise FormatError("not a fresh two-component NTT-form ciphertext of this context")
+        if n != self.preset.poly_modulus_degree or count != len(self.moduli):
+            raise FormatError("ciphertext dimensions differ from the context's")
+        if scale != self.preset.scale:
+            raise FormatError(f"ciphertext scale {scale} differs from {self.preset.scale}")
+        offset = _CT_MEMBERS.size
+        dyn = _members(members[offset:], nested=True)
+        offset += _HEADER.size + len(dyn)
+        (length,) = struct.unpack_from("<Q", dyn) if len(dyn) >= 8 else (None,)
+        if length != self.coefficients or len(dyn) != 8 + 8 * self.coefficients:
+            raise FormatError("not a seeded ciphertext (c1 is stored in full)")
+        c0 = np.frombuffer(dyn, dtype="<u8", count=self.coefficients, offset=8).copy()
+        info = _members(members[offset:], nested=True)
+        if len(info) != 1 + SEED_BYTES or info[0] != _PRNG_BLAKE2XB:
+            raise FormatError("the ciphertext's seed is not a Blake2xb seed")
+        if np.any(c0 >= self.modulus_column()):
+            raise FormatError("a ciphertext coefficient is not reduced modulo its prime")
+        return CiphertextParts(c0=c0, seed=bytes(info[1:]))
+
+
+def _members(data: bytes, *, nested: bool = False) -> bytes:
+    """The (decompressed) members of a SEAL object; with ``nested``, of its first object."""
+    if len(data) < _HEADER.size:
+        raise FormatError("SEAL object is shorter than its header")
+    magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
+    if magic != _MAGIC or header_size != _HEADER.size or not _HEADER.size <= size:
+        raise FormatError("not a SEAL object")
+    if size > len(data) or (not nested and size != len(data)) or size > _MAX_OBJECT_BYTES:
+        raise FormatError("SEAL object size does not match its header")
+    body = data[_HEADER.size : size]
+    try:
+        if compression == _COMPR_NONE:
+            return bytes(body)
+        if compression == _COMPR_ZSTD:
+            return bytes(
+                zstandard.ZstdDecompressor().decompress(body, max_output_size=_MAX_OBJECT_BYTES)
+            )
+        if compression == _COMPR_ZLIB:
+            return zlib.decompress(body, bufsize=1 << 16)
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise FormatError(f"SEAL object does not decompress: {exc}") from None
+    raise FormatError(f"unknown SEAL compression mode {compression}")
+
+
+class SealSession:
+    """SEAL encoder, symmetric encryptor and decryptor for one secret key.
+
+    Parameters
+    ----------
+    parameters : SealParameters
+        The validated context.
+    secret_key_bytes : bytes or None
+        Serialized secret key; ``None`` generates a fresh key.
+
+    Raises
+    ------
+    ContextError
+        If the secret key does not load for these parameters.
+    """
+
+    def __init__(self, parameters: SealParameters, secret_key_bytes: bytes | None) -> None:
+        self.parameters = parameters
+        context = parameters.context
         if secret_key_bytes is None:
-            self.secret_key = sealapi.KeyGenerator(self.context).secret_key()
+            self.secret_key = sealapi.KeyGenerator(context).secret_key()
         else:
-            self.secret_key = secret_key_from_bytes(self.context, secret_key_bytes)
-        self.encoder = sealapi.CKKSEncoder(self.context)
-        self.encryptor = sealapi.Encryptor(self.context, self.secret_key)
-        self.decryptor = sealapi.Decryptor(self.context, self.secret_key)
+            self.secret_key = sealapi.SecretKey()
+            try:
+                with _memfile(secret_key_bytes) as path:
+                    self.secret_key.load(context, path)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise ContextError(f"unreadable secret key: {exc}") from None
+        self.encoder = sealapi.CKKSEncoder(context)
+        self.encryptor = sealapi.Encryptor(context, self.secret_key)
+        self.decryptor = sealapi.Decryptor(context, self.secret_key)
+        self.evaluator = sealapi.Evaluator(context)
+
+    @property
+    def preset(self) -> Preset:
+        """The preset of the parameters."""
+        return self.parameters.preset
 
     def secret_key_bytes(self) -> bytes:
-        """Serialize the secret key."""
-        return secret_key_to_bytes(self.secret_key)
+        """Serialize the secret key (keep it secret)."""
+        return _save(self.secret_key)
 
-    def encrypt(self, values: np.ndarray) -> bytes:
+    def encrypt(self, values: np.ndarray) -> CiphertextParts:
         """Encrypt ``N`` reals (two per complex slot) as a seeded symmetric ciphertext."""
         packed = values[0::2] + 1j * values[1::2]
         plaintext = sealapi.Plaintext()
         self.encoder.encode(packed, self.preset.scale, plaintext)
-        return _save(self.encryptor.encrypt_symmetric(plaintext))
+        return self.parameters.parse_seeded(_save(self.encryptor.encrypt_symmetric(plaintext)))
 
-    def decrypt(self, ciphertext: Any) -> np.ndarray:
-        """Decrypt and decode one ciphertext into its ``N`` reals."""
+    def encrypt_coefficients(self, messages: np.ndarray) -> list[CiphertextParts]:
+        """Encrypt plaintext polynomials given by their coefficients (each below ``q``).
+
+        For every row ``m``: a seeded symmetric encryption of zero, to whose ``c0`` the
+        NTT of ``m`` (computed by SEAL, see :meth:`SealParameters.transform`) is added
+        modulo ``q``: the encryption of ``m`` with SEAL's fresh error, no CKKS encoding.
+        """
+        parameters = self.parameters
+        transformed = parameters.transform(messages, to_ntt=True, evaluator=self.evaluator)
+        column = parameters.modulus_column()
+        out = []
+        for row in transformed:
+            zero = parameters.parse_seeded(_save(self.encryptor.encrypt_zero_symmetric()))
+            c0 = zero.c0 + row
+            np.subtract(c0, column, out=c0, where=c0 >= column)
+            out.append(CiphertextParts(c0=c0, seed=zero.seed))
+        return out
+
+    def _decrypt_plaintext(self, c0: np.ndarray, seeds: Sequence[bytes]) -> Any:
+        if not seeds:
+            raise FormatError("a sum needs at least one contribution")
+        parameters = self.parameters
+        total = parameters.load_seeded(c0, seeds[0])
+        zeros = np.zeros_like(c0)
+        for seed in seeds[1:]:
+            self.evaluator.add_inplace(total, parameters.load_seeded(zeros, seed))
         plaintext = sealapi.Plaintext()
-        self.decryptor.decrypt(ciphertext, plaintext)
+        self.decryptor.decrypt(total, plaintext)
+        return plaintext
+
+    def decrypt_coefficients(self, c0: np.ndarray, seeds: Sequence[bytes]) -> np.ndarray:
+        """The coefficients (modulo ``q``) of the decryption of ``(c0, Σ expand(seed))``."""
+        ntt = self.parameters.parse_plaintext(_save(self._decrypt_plaintext(c0, seeds)))
+        phases: np.ndarray = self.parameters.transform(
+            ntt[None, :], to_ntt=False, evaluator=self.evaluator
+        )[0]
+        return phases
+
+    def decrypt_sum(self, c0: np.ndarray, seeds: Sequence[bytes]) -> np.ndarray:
+        """Decrypt ``(c0, Σ expand(seed))`` and decode its ``N`` reals (approximate presets).
+
+        ``c0`` must already be the sum of the contributors' first polynomials; each
+        seed's ``c1`` is expanded by SEAL and added here.
+        """
+        plaintext = self._decrypt_plaintext(c0, seeds)
         decoded = np.asarray(self.encoder.decode_complex(plaintext), dtype=np.complex128)
         values = np.empty(self.preset.slots, dtype=np.float64)
         values[0::2] = decoded.real

@@ -5,24 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import tenseal.sealapi as sealapi
-
-from ._seal import context_from_parameters, parameters_from_bytes
+from ._seal import SealParameters
 from .errors import ContextError, FormatError, SecretKeyExposureError
 from .presets import PRESETS, Preset
 from .wire import MAGIC_KEY, MAGIC_SERVER_CONTEXT, field, pack_frame, unpack_frame
 
-__all__ = ["ServerContext"]
+__all__ = ["ServerContext", "preset_from_header", "preset_to_header"]
 
 
 @dataclass(frozen=True, eq=False)
 class ServerContext:
     """What an aggregation server holds: CKKS parameters and the key fingerprint.
 
-    It holds no secret key, public key, relinearization or Galois key: adding
-    ciphertexts needs none of them, and without the secret key nothing can be
-    decrypted. Build it with :meth:`from_bytes` from
-    :meth:`secagg.KeyHolder.server_context`.
+    It holds no secret key, no MAC key and no public, relinearization or Galois key:
+    the server adds the clients' first ciphertext polynomials modulo the data primes,
+    which needs none of them. Build it with :meth:`from_bytes` from
+    :meth:`secagg.KeyMaterial.server_context` bytes.
 
     Attributes
     ----------
@@ -30,14 +28,18 @@ class ServerContext:
         The CKKS parameter preset.
     fingerprint : str
         SHA-256 key fingerprint (hex) every payload must carry.
-    seal_context : Any
-        The SEAL context (parameters only).
+    parameters : SealParameters
+        The SEAL context (parameters only) and its data primes.
     """
 
     preset: Preset
     fingerprint: str
-    seal_context: Any
-    parms_bytes: bytes
+    parameters: SealParameters
+
+    @property
+    def moduli(self) -> tuple[int, ...]:
+        """The ciphertexts' data primes."""
+        return self.parameters.moduli
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ServerContext:
@@ -46,39 +48,35 @@ class ServerContext:
         Raises
         ------
         SecretKeyExposureError
-            If ``data`` is a key holder's secret key file, or a TenSEAL context
-            serialized with its secret key.
+            If ``data`` is a secret key file, or a TenSEAL context with its secret key.
         ContextError
             If ``data`` is not a valid server context.
         """
         if isinstance(data, bytes | bytearray) and bytes(data[:4]) == MAGIC_KEY:
             raise SecretKeyExposureError(
-                "this is a key holder's secret context; the aggregator accepts only "
-                "KeyHolder.server_context() bytes, which hold no secret key"
+                "this is the federation's secret context; the aggregator accepts only "
+                "KeyMaterial.server_context() bytes, which hold no key"
             )
         try:
             frame = unpack_frame(data, MAGIC_SERVER_CONTEXT, max_chunks=1, max_chunk_bytes=1 << 16)
         except FormatError as exc:
             _refuse_tenseal_secret_context(data)
             raise ContextError(f"not a secagg server context: {exc}") from None
-        header = frame.header
         if len(frame.chunks) != 1:
             raise ContextError("a server context holds exactly one chunk (the parameters)")
         try:
-            preset = _preset_from_header(field(header, "preset", dict))
-            fingerprint = field(header, "fingerprint", str)
+            preset = preset_from_header(field(frame.header, "preset", dict))
+            fingerprint = field(frame.header, "fingerprint", str)
         except FormatError as exc:
             raise ContextError(str(exc)) from None
-        parms = parameters_from_bytes(frame.chunks[0])
-        check_parameters_match(parms, preset)
-        return cls(preset, fingerprint, context_from_parameters(parms), frame.chunks[0])
+        return cls(preset, fingerprint, SealParameters(preset, frame.chunks[0]))
 
     def to_bytes(self) -> bytes:
         """Serialize (the inverse of :meth:`from_bytes`)."""
-        return server_context_bytes(self.preset, self.fingerprint, self.parms_bytes)
+        return server_context_bytes(self.preset, self.fingerprint, self.parameters.parms_bytes)
 
     def can_decrypt(self) -> bool:
-        """Return ``False``: a server context never holds a secret key."""
+        """Return ``False``: a server context never holds a key."""
         return False
 
 
@@ -89,29 +87,47 @@ def server_context_bytes(preset: Preset, fingerprint: str, parms_bytes: bytes) -
 
 
 def preset_to_header(preset: Preset) -> dict[str, Any]:
-    """Describe a preset fully, so a payload never depends on a local preset table."""
+    """Describe a preset fully, so a file never depends on a local preset table."""
     return {
         "name": preset.name,
+        "encoding": preset.encoding,
         "poly_modulus_degree": preset.poly_modulus_degree,
         "coeff_bits": list(preset.coeff_bits),
+        "max_clients": preset.max_clients,
+        "value_bits": preset.value_bits,
+        "value_range": preset.value_range,
         "scale_bits": preset.scale_bits,
-        "roster_slots": preset.roster_slots,
     }
 
 
-def _preset_from_header(data: dict[str, Any]) -> Preset:
+def preset_from_header(data: dict[str, Any]) -> Preset:
+    """Rebuild a preset from :func:`preset_to_header`, checked against the known presets.
+
+    Raises
+    ------
+    ContextError
+        If the description is invalid or contradicts this build's preset of that name.
+    """
     try:
         name = field(data, "name", str)
         bits = field(data, "coeff_bits", list)
-        if not all(type(b) is int for b in bits):
-            raise ContextError("coeff_bits must be a list of integers")
+        if not all(type(b) is int for b in bits) or len(bits) > 16:
+            raise ContextError("coeff_bits must be a short list of integers")
+        value_range = data.get("value_range")
+        if isinstance(value_range, bool) or not isinstance(value_range, int | float):
+            raise ContextError("value_range must be a number")
         preset = Preset(
             name,
+            field(data, "encoding", str),
             field(data, "poly_modulus_degree", int),
             tuple(bits),
-            field(data, "scale_bits", int),
-            field(data, "roster_slots", int),
+            field(data, "max_clients", int),
+            value_bits=field(data, "value_bits", int),
+            value_range=float(value_range),
+            scale_bits=field(data, "scale_bits", int),
         )
+    except FormatError as exc:
+        raise ContextError(f"invalid preset description: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, ContextError):
             raise
@@ -120,16 +136,6 @@ def _preset_from_header(data: dict[str, Any]) -> Preset:
     if known is not None and known != preset:
         raise ContextError(f"preset {name!r} does not match this build's definition")
     return preset
-
-
-def check_parameters_match(parms: Any, preset: Preset) -> None:
-    if parms.poly_modulus_degree() != preset.poly_modulus_degree:
-        raise ContextError("CKKS parameters do not match the declared preset")
-    bits = tuple(m.bit_count() for m in parms.coeff_modulus())
-    if bits != preset.coeff_bits:
-        raise ContextError(f"coefficient modulus bits {bits} differ from {preset.coeff_bits}")
-    if parms.scheme() != sealapi.SCHEME_TYPE.CKKS:
-        raise ContextError("parameters are not for the CKKS scheme")
 
 
 def _refuse_tenseal_secret_context(data: Any) -> None:

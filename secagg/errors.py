@@ -21,9 +21,10 @@ bad input also derive from :class:`ValueError`, so callers that already catch
     │   ├── UnknownClientError (ValueError)
     │   └── NotEnoughClientsError
     ├── ReleaseError                          the key holder refused to decrypt
+    │   ├── IntegrityError                    not the verified sum it claims to be (MAC)
     │   ├── DecryptionBudgetExceededError     rotate the keys
     │   ├── RoundAlreadyReleasedError         one release per round id, ever
-    │   └── RosterError (ValueError)          too few, duplicated or mixed contributions
+    │   └── RosterError (ValueError)          too few, unregistered or off-roster clients
     ├── PrivacyBudgetExceededError            a DP round would pass the ε budget
     ├── CheckpointError                       missing, corrupted or foreign checkpoint
     ├── DatasetUnavailableError               a dataset carrier package is not installed
@@ -41,6 +42,7 @@ __all__ = [
     "DecryptionBudgetExceededError",
     "DuplicateClientError",
     "FormatError",
+    "IntegrityError",
     "KeyMismatchError",
     "NotEnoughClientsError",
     "PayloadError",
@@ -118,6 +120,14 @@ class ReleaseError(SecaggError):
     """The key holder refused to decrypt and release an aggregate."""
 
 
+class IntegrityError(ReleaseError):
+    """The aggregate is not the exact sum of the claimed clients' ciphertexts of its round.
+
+    Its MAC does not verify: the key holder refused it before decrypting anything and
+    without spending any decryption budget.
+    """
+
+
 class DecryptionBudgetExceededError(ReleaseError):
     """The key's decryption budget is spent: rotate the keys before decrypting again."""
 
@@ -127,7 +137,7 @@ class RoundAlreadyReleasedError(ReleaseError):
 
 
 class RosterError(ReleaseError, ValueError):
-    """An aggregate whose contribution roster sums too few clients or counts one twice."""
+    """An aggregate of too few clients, or of clients that are unregistered or off its roster."""
 
 
 class PrivacyBudgetExceededError(SecaggError):

@@ -1,60 +1,82 @@
-"""The encrypted update: encode, check, pack into CKKS slots, encrypt, frame, sign.
+"""The encrypted update: weigh, check, lay out, encrypt, MAC-tag, frame, sign.
 
-Slot layout of every ciphertext chunk (``N`` reals, two per complex slot)::
+Wire form (a :mod:`secagg.wire` frame, always Ed25519-signed by the client)::
 
-    [0, R)        contribution roster: 1 at this client's roster position, else 0
-    R             the client's normalised weight w = weight / weight_bound
-    R+1, R+2      round tag and chunk tag (see :mod:`secagg._slots`)
-    [R+3, N)      the next N-R-3 values of w · update (zero-padded in the last chunk)
+    header   fingerprint, preset, layout, spec (+ hash), round id, client id,
+             roster (+ digest), the MAC tag (one integer per data prime)
+    chunks   one per ciphertext: the 64-byte seed of c1, then c0 bit-packed
 
-Every chunk carries the roster, the weight and the tags, so the key holder can prove
-that a decrypted sum adds each client at most once and that all its chunks come from
-one sum of one round, in order.
+The MAC tag (:mod:`secagg._mac`) lets the key holder verify, before decrypting, that
+an aggregate is exactly the sum of the claimed clients' ciphertexts of this round.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ._parallel import encrypt_rows
-from ._slots import CHUNK_TAG_SCALE, MAX_ROUND_ID, round_tag
+from ._codec import pack_coefficients, packed_size
+from ._mac import MacScope, RoundMac
+from ._parallel import map_blocks
+from ._seal import SEED_BYTES, CiphertextParts
+from ._validate import (
+    MAX_ROUND_ID,
+    check_roster,
+    check_round_id,
+    check_weight,
+    roster_digest,
+)
 from .errors import ConfigurationError, FormatError, UpdateValueError
+from .keys import KeyMaterial
+from .layout import FieldLayout, Layout, layout_for
 from .presets import Preset
+from .registry import SigningKey, check_client_id
 from .spec import UpdateSpec, flatten_update
 from .wire import MAGIC_UPDATE, field, pack_frame, unpack_frame
 
-if TYPE_CHECKING:
-    from .keys import KeyHolder
+__all__ = ["EncryptedUpdate", "encrypt_update", "mac_scope"]
 
-__all__ = ["EncryptedUpdate", "encrypt_update", "roster_digest"]
+_TAG_BYTES = 8
 
-_MAX_CLIENT_ID_LENGTH = 256
+
+def mac_scope(
+    *,
+    fingerprint: str,
+    round_id: int,
+    roster: Sequence[str],
+    spec: UpdateSpec,
+    layout: Layout,
+) -> MacScope:
+    """The MAC scope an update of this round, roster and layout belongs to."""
+    return MacScope(
+        fingerprint=fingerprint,
+        round_id=round_id,
+        roster_digest=roster_digest(roster),
+        spec_hash=spec.spec_hash,
+        num_chunks=layout.num_chunks(spec.numel),
+        encoding=layout.name,
+    )
 
 
 @dataclass(frozen=True)
 class EncryptedUpdate:
     """One client's encrypted, weighted update as it travels on the wire.
 
-    Parse with :meth:`from_bytes` (structure only: cheap, no SEAL); the ciphertexts
-    are loaded and summed by :class:`secagg.Aggregator` or
-    :class:`secagg.EncryptedAggregate`.
+    Parse with :meth:`from_bytes` (structure only: cheap, no cryptography); the
+    :class:`secagg.Aggregator` checks the signature and sums it.
     """
 
     fingerprint: str
+    preset_name: str
+    layout: str
     spec: UpdateSpec
     round_id: int
     client_id: str
     roster: tuple[str, ...]
-    preset_name: str
+    tag: tuple[int, ...]
     chunks: tuple[bytes, ...]
     signature: bytes
     signed_bytes: bytes
@@ -65,14 +87,9 @@ class EncryptedUpdate:
         return self.spec.spec_hash
 
     @property
-    def position(self) -> int:
-        """This client's roster position."""
-        return self.roster.index(self.client_id)
-
-    @property
-    def is_signed(self) -> bool:
-        """Whether the payload carries an Ed25519 signature."""
-        return bool(self.signature)
+    def seeds(self) -> bytes:
+        """The chunks' 64-byte seeds, concatenated in chunk order."""
+        return b"".join(c[:SEED_BYTES] for c in self.chunks)
 
     def to_bytes(self) -> bytes:
         """Serialize (the exact bytes it was parsed from or made as)."""
@@ -92,10 +109,12 @@ class EncryptedUpdate:
         spec = UpdateSpec.from_json(header.get("spec"))
         if field(header, "spec_hash", str) != spec.spec_hash:
             raise FormatError("spec hash does not match the spec carried in the header")
-        roster = field(header, "roster", list)
-        client_id = field(header, "client_id", str)
-        if not all(isinstance(c, str) for c in roster) or len(set(roster)) != len(roster):
-            raise FormatError("roster must be a list of distinct client ids")
+        raw_roster = field(header, "roster", list)
+        try:
+            roster = check_roster(raw_roster)
+            client_id = check_client_id(field(header, "client_id", str))
+        except ConfigurationError as exc:
+            raise FormatError(f"invalid roster or client id: {exc}") from None
         if client_id not in roster:
             raise FormatError(f"client {client_id!r} is not on the payload's own roster")
         if field(header, "roster_digest", str) != roster_digest(roster):
@@ -103,126 +122,148 @@ class EncryptedUpdate:
         round_id = field(header, "round_id", int)
         if not 0 <= round_id <= MAX_ROUND_ID:
             raise FormatError(f"round id {round_id} is outside [0, 2^63)")
+        tag = field(header, "tag", list)
+        if not tag or not all(type(t) is int and 0 <= t < 1 << 64 for t in tag):
+            raise FormatError("the MAC tag must be a list of 64-bit integers")
         return cls(
             fingerprint=field(header, "fingerprint", str),
+            preset_name=field(header, "preset", str),
+            layout=field(header, "layout", str),
             spec=spec,
             round_id=round_id,
             client_id=client_id,
-            roster=tuple(roster),
-            preset_name=field(header, "preset", str),
+            roster=roster,
+            tag=tuple(tag),
             chunks=frame.chunks,
             signature=frame.signature,
             signed_bytes=frame.signed_bytes,
         )
 
 
-def roster_digest(roster: Sequence[str]) -> str:
-    """SHA-256 (hex) of a round's roster, in order."""
-    return hashlib.sha256(json.dumps(list(roster), separators=(",", ":")).encode()).hexdigest()
-
-
 def encrypt_update(
-    keys: KeyHolder,
-    update: Mapping[str, torch.Tensor],
+    keys: KeyMaterial,
+    update: Mapping[str, Any],
     *,
+    signing_key: SigningKey,
     round_id: int,
-    client_id: str,
     roster: Sequence[str],
     weight: float = 1.0,
     weight_bound: float = 1.0,
-    signing_key: Ed25519PrivateKey | None = None,
     workers: int | None = None,
 ) -> bytes:
-    """Encrypt one client's update for the round's aggregate.
+    """Encrypt, MAC-tag and sign one client's update for the round's aggregate.
 
     Parameters
     ----------
-    keys : KeyHolder
+    keys : KeyMaterial
         The federation's secret context (clients encrypt with the secret key).
-    update : Mapping[str, torch.Tensor]
-        Floating-point tensors, e.g. local weights minus the global weights.
+    update : Mapping[str, numpy.ndarray or torch.Tensor]
+        Floating-point arrays, e.g. local weights minus the global weights.
+    signing_key : SigningKey
+        This client's Ed25519 key; its client id names the contributor, and must be
+        on ``roster``.
     round_id : int
-        The round this update belongs to (non-negative).
-    client_id : str
-        This client's id; it must be on ``roster``.
+        The round this update belongs to (in ``[0, 2^63)``).
     roster : sequence of str
-        The round's participants, in the order the server published them; each
-        client marks its own position in every chunk's contribution roster.
+        The round's participants, in the order the server published them.
     weight : float, optional
         The client's FedAvg weight, e.g. its number of local examples.
     weight_bound : float, optional
         A public upper bound on any client's weight; the encrypted weight is
         ``weight / weight_bound`` in ``(0, 1]``, so the server learns no weight.
-    signing_key : Ed25519PrivateKey, optional
-        Signs the header and ciphertexts so the aggregator can authenticate them.
     workers : int, optional
         Encryption processes; default: up to the CPU count for large updates, else 1.
 
     Returns
     -------
     bytes
-        The framed, optionally signed, payload.
+        The framed, MAC-tagged, signed payload.
 
     Raises
     ------
     UpdateValueError
-        On non-finite values, a weight out of range, or values that could overflow
-        the preset's headroom once summed (the message names the bound).
+        On an empty or non-floating update, non-finite values, a weight that is not
+        a real number in range, or values that could overflow the preset's headroom
+        once summed (the message names the bound; nothing is clipped).
     ConfigurationError
-        On an invalid round id, client id or roster.
+        On an invalid key, signing key, round id or roster.
     """
-    preset = keys.preset
-    _check_round_args(preset, round_id=round_id, client_id=client_id, roster=roster)
-    if not (math.isfinite(weight) and math.isfinite(weight_bound)) or weight_bound <= 0:
-        raise UpdateValueError("weight and weight_bound must be finite, weight_bound > 0")
-    if not 0 < weight <= weight_bound:
-        raise UpdateValueError(
-            f"weight {weight} is outside (0, weight_bound={weight_bound}]; pass a public "
-            "weight_bound at least as large as every client's weight"
+    if not isinstance(keys, KeyMaterial):
+        raise ConfigurationError(
+            f"keys must be the federation's KeyMaterial, got {type(keys).__name__}"
         )
+    if not isinstance(signing_key, SigningKey):
+        raise ConfigurationError(
+            f"signing_key must be a secagg SigningKey, got {type(signing_key).__name__}"
+        )
+    preset = keys.preset
+    round_id = check_round_id(round_id)
+    roster = check_roster(roster, max_clients=preset.max_clients)
+    client_id = signing_key.client_id
+    if client_id not in roster:
+        raise ConfigurationError(f"client {client_id!r} is not on the round's roster")
+    weight, weight_bound = check_weight(weight, weight_bound)
     weighted, spec = flatten_update(update)  # a fresh vector: weighted in place below
     normalised = weight / weight_bound
     weighted *= normalised
     _check_values(weighted, preset)
-    matrix = _layout(weighted, normalised, roster.index(client_id), preset, round_id)
-    chunks = encrypt_rows(keys.session, matrix, workers)
+    layout = layout_for(preset)
+    mac = RoundMac(
+        keys.mac_key,
+        mac_scope(
+            fingerprint=keys.fingerprint, round_id=round_id, roster=roster, spec=spec, layout=layout
+        ),
+        keys.moduli,
+        preset.poly_modulus_degree,
+    )
+    bits = preset.data_prime_bits[0]
+    session = keys.session
+
+    def chunk(index: int, parts: CiphertextParts) -> bytes:
+        terms = b"".join(t.to_bytes(_TAG_BYTES, "big") for t in mac.chunk_terms(index, parts.c0))
+        return terms + parts.seed + pack_coefficients(parts.c0, bits)
+
+    def encrypt_slots(start: int, block: np.ndarray) -> list[bytes]:
+        return [chunk(start + i, session.encrypt(row)) for i, row in enumerate(block)]
+
+    def encrypt_fields(start: int, block: np.ndarray) -> list[bytes]:
+        parts = session.encrypt_coefficients(block)
+        return [chunk(start + i, p) for i, p in enumerate(parts)]
+
+    if isinstance(layout, FieldLayout):
+        matrix = layout.rows(layout.quantize(weighted, normalised))
+        results = map_blocks(encrypt_fields, matrix, workers)
+    else:
+        matrix = layout.rows(weighted, normalised)
+        results = map_blocks(encrypt_slots, matrix, workers)
+    width = _TAG_BYTES * len(keys.moduli)
+    chunks = [r[width:] for r in results]
+    terms = [
+        [int.from_bytes(r[i : i + _TAG_BYTES], "big") for i in range(0, width, _TAG_BYTES)]
+        for r in results
+    ]
+    seeds = b"".join(c[:SEED_BYTES] for c in chunks)
     header = {
-        "kind": "update",
         "fingerprint": keys.fingerprint,
         "preset": preset.name,
+        "layout": layout.name,
         "spec": spec.to_json(),
         "spec_hash": spec.spec_hash,
         "round_id": round_id,
         "client_id": client_id,
         "roster": list(roster),
         "roster_digest": roster_digest(roster),
-        "num_values": spec.numel,
+        "tag": list(mac.tag(client_id, terms, seeds)),
     }
-    payload = pack_frame(MAGIC_UPDATE, header, chunks, signed=signing_key is not None)
-    if signing_key is not None:
-        payload += signing_key.sign(payload)
-    return payload
+    payload = pack_frame(MAGIC_UPDATE, header, chunks, signed=True)
+    return payload + signing_key.sign(payload)
 
 
-def _check_round_args(
-    preset: Preset, *, round_id: int, client_id: str, roster: Sequence[str]
-) -> None:
-    if not isinstance(round_id, int) or isinstance(round_id, bool):
-        raise ConfigurationError(f"round_id must be an int, got {round_id!r}")
-    if not 0 <= round_id <= MAX_ROUND_ID:
-        raise ConfigurationError(f"round_id must be in [0, 2^63), got {round_id}")
-    if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID_LENGTH:
-        raise ConfigurationError("client_id must be a non-empty string of at most 256 chars")
-    roster = list(roster)
-    if len(set(roster)) != len(roster):
-        raise ConfigurationError("roster repeats a client id")
-    if len(roster) > preset.roster_slots:
-        raise ConfigurationError(
-            f"roster of {len(roster)} clients exceeds the preset's {preset.roster_slots} "
-            f"roster slots (preset {preset.name!r}; use preset 'large' for more)"
-        )
-    if client_id not in roster:
-        raise ConfigurationError(f"client {client_id!r} is not on the round's roster")
+def chunk_size(preset: Preset) -> int:
+    """Bytes of one update chunk on the wire (seed + packed ``c0``)."""
+    return SEED_BYTES + packed_size(
+        preset.poly_modulus_degree * len(preset.data_prime_bits), preset.data_prime_bits[0]
+    )
 
 
 def _check_values(weighted: np.ndarray, preset: Preset) -> None:
@@ -232,27 +273,14 @@ def _check_values(weighted: np.ndarray, preset: Preset) -> None:
     peak = float(np.abs(weighted).max(initial=0.0))
     bound = preset.max_client_magnitude
     if peak > bound:
+        where = (
+            f"exact preset {preset.name!r} encodes |weight × value| <= {bound:g}"
+            if preset.exact
+            else f"preset {preset.name!r}: aggregate headroom "
+            f"{preset.max_aggregate_magnitude:g} shared by up to {preset.max_clients} clients"
+        )
         raise UpdateValueError(
             f"weighted update value {peak:.4g} exceeds the per-client bound {bound:.4g} "
-            f"(preset {preset.name!r}: aggregate headroom {preset.max_aggregate_magnitude:g} "
-            f"shared by up to {preset.max_clients} clients); nothing was clipped: scale the "
-            "update down, or use a preset with more headroom such as 'wide'"
+            f"({where}); nothing was clipped: scale the update down, or use a preset with "
+            "more range such as 'approx' (±8) or 'wide' (±2048)"
         )
-
-
-def _layout(
-    weighted: np.ndarray, weight: float, position: int, preset: Preset, round_id: int
-) -> np.ndarray:
-    """All chunks' slots, one row each (built before forking: children only read it)."""
-    per_chunk = preset.values_per_chunk
-    num_chunks = max(1, -(-weighted.size // per_chunk))
-    matrix = np.zeros((num_chunks, preset.slots), dtype=np.float64)
-    r = preset.roster_slots
-    matrix[:, position] = 1.0
-    matrix[:, r] = weight
-    matrix[:, r + 1] = round_tag(round_id)
-    matrix[:, r + 2] = np.arange(1, num_chunks + 1) / CHUNK_TAG_SCALE
-    for index in range(num_chunks):
-        values = weighted[index * per_chunk : (index + 1) * per_chunk]
-        matrix[index, preset.header_slots : preset.header_slots + values.size] = values
-    return matrix

@@ -31,7 +31,10 @@ __all__ = [
     "MAGIC_AGGREGATE",
     "MAGIC_CHECKPOINT",
     "MAGIC_KEY",
+    "MAGIC_KEY_HOLDER",
+    "MAGIC_REGISTRY",
     "MAGIC_SERVER_CONTEXT",
+    "MAGIC_SIGNING_KEY",
     "MAGIC_UPDATE",
     "Frame",
     "field",
@@ -39,17 +42,23 @@ __all__ = [
     "unpack_frame",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC_UPDATE = b"SAUP"
 MAGIC_AGGREGATE = b"SAAG"
 MAGIC_SERVER_CONTEXT = b"SASC"
-MAGIC_KEY = b"SAKH"
+MAGIC_KEY = b"SAKM"
+MAGIC_KEY_HOLDER = b"SAKH"
+MAGIC_REGISTRY = b"SARG"
+MAGIC_SIGNING_KEY = b"SASK"
 MAGIC_CHECKPOINT = b"SACK"
 _KNOWN_MAGICS = {
     MAGIC_UPDATE: "an encrypted update",
     MAGIC_AGGREGATE: "an encrypted aggregate",
     MAGIC_SERVER_CONTEXT: "a server context",
-    MAGIC_KEY: "a secret key file",
+    MAGIC_KEY: "a secret context (key material)",
+    MAGIC_KEY_HOLDER: "a key holder's state file",
+    MAGIC_REGISTRY: "a client registry",
+    MAGIC_SIGNING_KEY: "a client's signing key",
     MAGIC_CHECKPOINT: "a checkpoint",
 }
 SIGNATURE_BYTES = 64
@@ -122,7 +131,9 @@ def unpack_frame(
             f"expected {_KNOWN_MAGICS.get(magic, magic.hex())}, got {describe_magic(data)}"
         )
     if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported format version {version} (this build reads 1)")
+        raise FormatError(
+            f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+        )
     if header_len > MAX_HEADER_BYTES:
         raise FormatError(f"header length {header_len} exceeds {MAX_HEADER_BYTES}")
     if sig_len not in (0, SIGNATURE_BYTES):

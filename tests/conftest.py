@@ -2,9 +2,9 @@
 
 A key holder releases at most one aggregate per round id, in increasing order, and
 keeps its own ``min_clients`` policy (default 2). Key fixtures are therefore
-function-scoped (generation takes milliseconds): no test inherits rounds another test
-already released. Tests that release a single client's sum generate their keys with
-``min_clients=1``.
+function-scoped (generating a federation's keys takes milliseconds): no test inherits
+rounds another test already released, and each test makes its key holder with the
+policy it needs (``federation.key_holder(min_clients=1)`` for single-client sums).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 
 import secagg
+
+ROSTER = ("a", "b", "c")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -25,12 +27,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def keys() -> secagg.KeyHolder:
-    """A fresh default-preset key holder (each releases a round id at most once)."""
-    return secagg.KeyHolder.generate()
+def federation() -> secagg.FederationKeys:
+    """Fresh default-preset keys (exact, N = 8192) of the federation of ``a``, ``b``, ``c``."""
+    return secagg.FederationKeys.generate(list(ROSTER))
 
 
 @pytest.fixture
-def small_keys() -> secagg.KeyHolder:
-    """A fresh ``small``-preset key holder with the default ``min_clients=2`` policy."""
-    return secagg.KeyHolder.generate("small")
+def small_federation() -> secagg.FederationKeys:
+    """Fresh ``small``-preset keys (exact, N = 4096) of the federation of ``a``, ``b``, ``c``."""
+    return secagg.FederationKeys.generate(list(ROSTER), preset="small")
+
+
+@pytest.fixture
+def approx_federation() -> secagg.FederationKeys:
+    """Fresh ``approx``-preset keys (approximate CKKS, flooded) of ``a``, ``b`` and ``c``."""
+    return secagg.FederationKeys.generate(list(ROSTER), preset="approx")

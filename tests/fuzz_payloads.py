@@ -2,15 +2,23 @@
 
 Every case must be accepted or raise a :class:`secagg.errors.SecaggError` subclass; any
 other exception is a failure, and a crash (segfault, abort) kills the process, which the
-calling test sees as a non-zero return code. The last line printed is
-``FUZZ-SUMMARY <json>`` with the seed and per-target counts.
+calling test sees as a non-zero return code. Beyond parsing, two security invariants are
+counted: a rejected update leaves the aggregator's sums byte-identical, and the key
+holder never releases a fuzzed aggregate (or a sum holding a fuzzed update) that is not
+the honest sum it started from. The last line printed is ``FUZZ-SUMMARY <json>`` with
+the seed and per-target counts.
+
+Update payloads are fuzzed as received (the signature then fails for most mutations)
+and *re-signed* by their client after mutation, as a malicious client could, so that the
+checks behind the signature are reached.
 
 Usage::
 
     python tests/fuzz_payloads.py [--cases N] [--other-cases M] [--seed S]
 
 ``--cases`` defaults to ``$SECAGG_FUZZ_CASES`` or 1000 (update payloads); ``--other-cases``
-(aggregates, server contexts, key files, each) defaults to max(300, cases // 3).
+(aggregates, server contexts, secret contexts, key-holder states, registries, signing
+keys: each) defaults to max(300, cases // 3).
 """
 
 from __future__ import annotations
@@ -29,17 +37,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import secagg
 from secagg import wire
 from secagg.errors import SecaggError
+from secagg.registry import SigningKey
 
 PREFIX = struct.Struct(">4sHIQH")
 ROSTER = ["a", "b", "c"]
 ROUND = 3
-NUMEL = 5000  # two ciphertext chunks under preset "small"
+NUMEL = 9000  # two ciphertext chunks under preset "small" (8192 values each)
 DEFAULT_SEED = 20240611
 
 Mutator = Callable[[random.Random, bytes, bytes], bytes]
@@ -133,12 +140,17 @@ def random_with_magic(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     header = rng.randbytes(rng.randrange(0, 200))
     body = rng.randbytes(rng.randrange(0, 3000))
     if choice == 1:  # consistent prefix, random header and body
-        return PREFIX.pack(magic, 1, len(header), len(body), 0) + header + body
+        return PREFIX.pack(magic, _version(rng), len(header), len(body), 0) + header + body
     # consistent prefix, valid JSON header with random chunk sizes, random body
     sizes = [rng.randrange(1, 2000) for _ in range(rng.randrange(1, 4))]
     text = json.dumps({"chunk_sizes": sizes, "kind": "x"}).encode()
     body = rng.randbytes(sum(sizes))
-    return PREFIX.pack(magic, 1, len(text), len(body), 0) + text + body
+    return PREFIX.pack(magic, _version(rng), len(text), len(body), 0) + text + body
+
+
+def _version(rng: random.Random) -> int:
+    """Mostly this build's format version, so that parsing goes past the prefix."""
+    return wire.FORMAT_VERSION if rng.random() < 0.9 else rng.choice([1, 3, 0xFFFF])
 
 
 def _parse(data: bytes, magic: bytes) -> wire.Frame | None:
@@ -171,7 +183,8 @@ def chunk_swap(rng: random.Random, data: bytes, magic: bytes) -> bytes:
             raw[rng.randrange(len(raw))] = rng.randrange(256)
         chunks[i] = bytes(raw)
     header = {k: v for k, v in frame.header.items() if k != "chunk_sizes"}
-    return wire.pack_frame(magic, header, chunks)
+    signed = bool(frame.signature)
+    return wire.pack_frame(magic, header, chunks, signed=signed) + frame.signature
 
 
 WEIRD_VALUES: list[Any] = [
@@ -245,6 +258,13 @@ def _edit_json(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]:
                 "statistical_security",
                 "fingerprint",
                 "preset",
+                "num_chunks",
+                "spec_hash",
+                "roster_digest",
+                "layout",
+                "refused",
+                "clients",
+                "tag",
             ]
         )
         header[name] = _weird(rng)
@@ -270,8 +290,8 @@ def _edit_json(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]:
         preset[rng.choice(list(preset))] = rng.choice(
             [*WEIRD_VALUES, 4096, 8192, 60, 49, 40, [60, 49], [60, 60], [60, 49, 40], "default"]
         )
-    elif action == 6:  # roster / contributors edits
-        name = rng.choice(["roster", "contributors"])
+    elif action == 6:  # roster / contributors / registry edits
+        name = rng.choice(["roster", "contributors", "clients", "tag"])
         value = header.get(name)
         if isinstance(value, list) and value:
             value = value[::-1] if rng.random() < 0.5 else [*value, value[0]]
@@ -289,9 +309,13 @@ def header_json_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     text = json.dumps(header, separators=(",", ":"), allow_nan=True).encode()
     body = b"".join(frame.chunks)
     if rng.random() < 0.1:  # occasionally leave the prefix inconsistent
-        return PREFIX.pack(magic, 1, len(text) + rng.choice([-1, 1]), len(body), 0) + text + body
-    sig = frame.signature if rng.random() < 0.5 else b""
-    return PREFIX.pack(magic, 1, len(text), len(body), len(sig)) + text + body + sig
+        prefix = PREFIX.pack(
+            magic, wire.FORMAT_VERSION, len(text) + rng.choice([-1, 1]), len(body), 0
+        )
+        return prefix + text + body
+    sig = frame.signature if rng.random() < 0.8 else b""
+    prefix = PREFIX.pack(magic, wire.FORMAT_VERSION, len(text), len(body), len(sig))
+    return prefix + text + body + sig
 
 
 def header_text_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
@@ -324,7 +348,9 @@ def header_text_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
         text = '{"pad":' + literal + "," + text[1:]
     encoded = text.encode()
     body = b"".join(frame.chunks)
-    return PREFIX.pack(magic, 1, len(encoded), len(body), 0) + encoded + body
+    sig = frame.signature
+    prefix = PREFIX.pack(magic, wire.FORMAT_VERSION, len(encoded), len(body), len(sig))
+    return prefix + encoded + body + sig
 
 
 MUTATORS: dict[str, Mutator] = {
@@ -416,6 +442,29 @@ def _mutate(rng: random.Random, data: bytes, magic: bytes) -> tuple[str, bytes]:
     return name, out
 
 
+def resign(data: bytes, key: SigningKey) -> bytes:
+    """Re-sign a (mutated) payload that declares a signature, as its client could."""
+    if len(data) < PREFIX.size + wire.SIGNATURE_BYTES:
+        return data
+    if PREFIX.unpack_from(data)[4] != wire.SIGNATURE_BYTES:
+        return data
+    body = data[: -wire.SIGNATURE_BYTES]
+    return body + key.sign(body)
+
+
+def _semantics(agg: secagg.EncryptedAggregate) -> tuple[Any, ...]:
+    """What a release depends on (the contributor order and header extras do not count)."""
+    return (
+        agg.round_id,
+        agg.spec.spec_hash,
+        agg.roster,
+        frozenset(agg.contributors),
+        agg.c0.tobytes(),
+        tuple(sorted(agg.seeds.items())),
+        tuple(agg.tag),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=int(os.environ.get("SECAGG_FUZZ_CASES", 1000)))
@@ -427,63 +476,74 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
-    # Policy min_clients=1, so single-client fuzzed aggregates reach every release check.
-    keys = secagg.KeyHolder.generate("small", min_clients=1)
-    pristine_key = keys.to_bytes()  # before any release: round state -1
+    fed = secagg.FederationKeys.generate(ROSTER, preset="small")
+    material = fed.material
+    # Policy min_clients=1, so single-client fuzzed sums reach every release check.
+    pristine_holder = fed.key_holder(min_clients=1).to_bytes()
 
     def fresh_holder() -> secagg.KeyHolder:
-        """A copy of the key with no round released yet (one release per round and key)."""
-        return secagg.KeyHolder.from_bytes(pristine_key)
+        """A key holder with no round released yet (one release per round and key)."""
+        return secagg.KeyHolder.from_bytes(material, pristine_holder)
 
-    server_bytes = keys.server_context()
+    server_bytes = material.server_context()
     server = secagg.ServerContext.from_bytes(server_bytes)
-    signer = Ed25519PrivateKey.generate()
-    update = {"w": torch.randn(NUMEL, dtype=torch.float64) * 0.1}
+    values = np.random.default_rng(args.seed).standard_normal(NUMEL) * 0.1
+    update = {"w": values}
 
-    def encrypt(cid: str, signed: bool = False) -> bytes:
+    def encrypt(cid: str) -> bytes:
         return secagg.encrypt_update(
-            keys,
+            material,
             update,
+            signing_key=fed.signing_keys[cid],
             weight=2.0,
             weight_bound=4.0,
             round_id=ROUND,
-            client_id=cid,
             roster=ROSTER,
-            signing_key=signer if signed else None,
         )
 
-    base_plain = encrypt("c")
-    base_signed = encrypt("c", signed=True)
-    assert len(secagg.EncryptedUpdate.from_bytes(base_plain).chunks) == 2
+    base = encrypt("c")
+    assert len(secagg.EncryptedUpdate.from_bytes(base).chunks) == 2
 
-    def fresh(signed: bool) -> secagg.Aggregator:
+    def fresh() -> secagg.Aggregator:
         agg = secagg.Aggregator(
-            server,
-            round_id=ROUND,
-            roster=ROSTER,
-            min_clients=1,
-            client_keys={"a": signer.public_key(), "c": signer.public_key()} if signed else None,
+            server, registry=fed.registry, round_id=ROUND, roster=ROSTER, min_clients=1
         )
-        agg.add(encrypt("a", signed=signed))
+        agg.add(encrypt("a"))
         return agg
 
     def state(agg: secagg.Aggregator) -> bytes:
         return agg.finalize().to_bytes()
 
+    def honest_release(released: secagg.ReleasedAggregate) -> bool:
+        """Every client encrypted the same values: an honest release is their mean."""
+        tol = 7 * released.mean_error_std * np.sqrt(1 + values**2) + 1e-9
+        return bool((np.abs(released.mean["w"] - values) <= tol).all())
+
     # Updates: one reused aggregator per flavour (holding client "a"), replaced whenever a
-    # case is accepted; every rejection must leave its serialized sum byte-identical.
+    # case is accepted; every rejection must leave its serialized sum byte-identical. An
+    # accepted (mutated) update is summed with a's and handed to the key holder, which
+    # must refuse the sum or release the honest mean.
     updates = Target("Aggregator.add")
-    aggregators = {False: fresh(False), True: fresh(True)}
+    update_releases = Target("KeyHolder.release(sum with a fuzzed update)")
+    aggregators = {False: fresh(), True: fresh()}
     changed_by_rejection = 0
     rejections = 0
+    forged_updates_released = 0
     for case in range(args.cases):
-        signed = rng.random() < 0.25
-        name, data = _mutate(rng, base_signed if signed else base_plain, wire.MAGIC_UPDATE)
-        agg = aggregators[signed]
+        resigned = rng.random() < 0.5
+        name, data = _mutate(rng, base, wire.MAGIC_UPDATE)
+        if resigned:
+            data = resign(data, fed.signing_keys["c"])
+        agg = aggregators[resigned]
         before = state(agg)
         if updates.run(case, name, lambda d=data, a=agg: a.add(d)):
-            aggregators[signed] = fresh(signed)
+            aggregators[resigned] = fresh()
+            total = agg.finalize()
+            outcome: list[secagg.ReleasedAggregate] = []
+            if update_releases.run(
+                case, name, lambda t=total, o=outcome: o.append(fresh_holder().release(t))
+            ) and not honest_release(outcome[0]):
+                forged_updates_released += 1
             continue
         rejections += 1
         if state(agg) != before or agg.contributors != ("a",):
@@ -492,46 +552,78 @@ def main(argv: list[str] | None = None) -> int:
     # And the last reused aggregator still releases the right mean.
     agg = aggregators[False]
     agg.add(encrypt("b"))
-    release = keys.release(agg.finalize())
-    exact = update["w"].numpy()
-    tol = 7 * release.mean_error_std * np.sqrt(1 + exact**2) + 1e-9
-    sum_intact = changed_by_rejection == 0 and bool(
-        (np.abs(release.mean["w"].numpy() - exact) <= tol).all()
+    sum_intact = changed_by_rejection == 0 and honest_release(
+        fresh_holder().release(agg.finalize())
     )
 
     # Aggregates (loaded by the server and by the key holder; accepted ones released, each
-    # by a fresh copy of the key, so that the once-per-round rule does not hide the
-    # integrity checks behind RoundAlreadyReleasedError).
-    aggregate_bytes = secagg.EncryptedAggregate.from_update(server, base_plain).to_bytes()
-    unmutated_release = fresh_holder().release(aggregate_bytes)
-    unmutated_releases = unmutated_release.contributors == ("c",)
+    # by a fresh key holder, so that the once-per-round rule does not hide the integrity
+    # checks behind RoundAlreadyReleasedError). A release of anything but the honest sum
+    # is a forgery that got through.
+    honest = fresh()
+    honest.add(base)
+    honest_aggregate = honest.finalize()
+    aggregate_bytes = honest_aggregate.to_bytes()
+    honest_semantics = _semantics(honest_aggregate)
+    unmutated_releases = honest_release(fresh_holder().release(aggregate_bytes))
     aggregates = Target("EncryptedAggregate.from_bytes")
     releases = Target("KeyHolder.release(fuzzed aggregate)")
+    forged_aggregates_released = 0
+    holder_context = material.server_context_object()
     for case in range(other_cases):
         name, data = _mutate(rng, aggregate_bytes, wire.MAGIC_AGGREGATE)
-        holder = rng.random() < 0.5
-        ctx: Any = keys if holder else server
+        ctx = holder_context if rng.random() < 0.5 else server
+        parsed: list[secagg.EncryptedAggregate] = []
         if aggregates.run(
             case,
             name,
-            lambda d=data, c=ctx: secagg.EncryptedAggregate.from_bytes(d, c),
+            lambda d=data, c=ctx, p=parsed: p.append(secagg.EncryptedAggregate.from_bytes(d, c)),
         ):
-            releases.run(case, name, lambda d=data: fresh_holder().release(d, min_clients=1))
+            outcome = []
+            if releases.run(
+                case, name, lambda d=data, o=outcome: o.append(fresh_holder().release(d))
+            ) and (_semantics(parsed[0]) != honest_semantics or not honest_release(outcome[0])):
+                forged_aggregates_released += 1
 
-    # Server contexts.
-    contexts = Target("ServerContext.from_bytes")
-    for case in range(other_cases):
-        name, data = _mutate(rng, server_bytes, wire.MAGIC_SERVER_CONTEXT)
-        contexts.run(case, name, lambda d=data: secagg.ServerContext.from_bytes(d))
+    # Contexts, keys, key-holder states, registries.
+    loaders: list[tuple[Target, bytes, bytes, Callable[[bytes], object]]] = [
+        (
+            Target("ServerContext.from_bytes"),
+            server_bytes,
+            wire.MAGIC_SERVER_CONTEXT,
+            secagg.ServerContext.from_bytes,
+        ),
+        (
+            Target("KeyMaterial.from_bytes"),
+            material.to_bytes(),
+            wire.MAGIC_KEY,
+            secagg.KeyMaterial.from_bytes,
+        ),
+        (
+            Target("KeyHolder.from_bytes"),
+            pristine_holder,
+            wire.MAGIC_KEY_HOLDER,
+            lambda d: secagg.KeyHolder.from_bytes(material, d),
+        ),
+        (
+            Target("ClientRegistry.from_bytes"),
+            fed.registry.to_bytes(),
+            wire.MAGIC_REGISTRY,
+            secagg.ClientRegistry.from_bytes,
+        ),
+        (
+            Target("SigningKey.from_bytes"),
+            fed.signing_keys["a"].to_bytes(),
+            wire.MAGIC_SIGNING_KEY,
+            SigningKey.from_bytes,
+        ),
+    ]
+    for target, original, magic, load in loaders:
+        for case in range(other_cases):
+            name, data = _mutate(rng, original, magic)
+            target.run(case, name, lambda d=data, f=load: f(d))  # type: ignore[misc]
 
-    # Key files.
-    key_bytes = keys.to_bytes()
-    key_files = Target("KeyHolder.from_bytes")
-    for case in range(other_cases):
-        name, data = _mutate(rng, key_bytes, wire.MAGIC_KEY)
-        key_files.run(case, name, lambda d=data: secagg.KeyHolder.from_bytes(d))
-
-    targets = [updates, aggregates, releases, contexts, key_files]
+    targets = [updates, update_releases, aggregates, releases, *(t for t, *_ in loaders)]
     summary = {
         "seed": args.seed,
         "seconds": round(time.monotonic() - started, 1),
@@ -539,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         "unmutated_aggregate_releases": unmutated_releases,
         "rejections_checked": rejections,
         "sums_changed_by_a_rejection": changed_by_rejection,
+        "forged_updates_released": forged_updates_released,
+        "forged_aggregates_released": forged_aggregates_released,
         "targets": {t.name: t.summary() for t in targets},
         "total_failures": sum(len(t.failures) for t in targets),
     }
@@ -549,7 +643,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print("FUZZ-SUMMARY " + json.dumps(summary, default=str), flush=True)
-    ok = summary["total_failures"] == 0 and sum_intact and unmutated_releases
+    ok = (
+        summary["total_failures"] == 0
+        and sum_intact
+        and unmutated_releases
+        and forged_updates_released == forged_aggregates_released == 0
+    )
     return 0 if ok else 1
 
 

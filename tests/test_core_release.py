@@ -1,40 +1,43 @@
-"""Release policy: decryption budget, one release per round, min_clients, forged aggregates."""
+"""Release policy: decryption budget, one release per round, min_clients, flooding, state file."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import tenseal.sealapi as sealapi
 import torch
 
 import secagg
 from secagg import wire
-from secagg.aggregate import load_update_ciphertexts
 from secagg.errors import (
     ConfigurationError,
     ContextError,
     DecryptionBudgetExceededError,
+    FormatError,
+    IntegrityError,
     KeyMismatchError,
     ReleaseError,
     RosterError,
     RoundAlreadyReleasedError,
+    SecaggError,
 )
+from secagg.release import flooding_std
+from secagg.tensors import to_torch
 
 ROSTER = ["a", "b", "c"]
 
 
 def _update(seed: int, numel: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {"w": torch.randn(numel, generator=gen, dtype=torch.float64) * 0.3}
+    return {"w": (torch.rand(numel, generator=gen, dtype=torch.float64) * 2 - 1) * 0.9}
 
 
 def _encrypt(
-    keys: secagg.KeyHolder,
+    fed: secagg.FederationKeys,
     cid: str,
     *,
     numel: int = 100,
@@ -44,464 +47,498 @@ def _encrypt(
     seed: int | None = None,
 ) -> bytes:
     return secagg.encrypt_update(
-        keys,
+        fed.material,
         _update(ROSTER.index(cid) if seed is None else seed, numel),
+        signing_key=fed.signing_keys[cid],
         weight=weight,
         weight_bound=weight_bound,
         round_id=round_id,
-        client_id=cid,
         roster=ROSTER,
     )
 
 
 def _aggregate(
-    keys: secagg.KeyHolder, clients: list[str], *, min_clients: int = 2, **kwargs: Any
+    fed: secagg.FederationKeys,
+    clients: Sequence[str],
+    *,
+    min_clients: int = 1,
+    round_id: int = 1,
+    **kwargs: Any,
 ) -> secagg.EncryptedAggregate:
-    round_id = int(kwargs.get("round_id", 1))
     agg = secagg.Aggregator(
-        keys.server_context(), round_id=round_id, roster=ROSTER, min_clients=min_clients
+        fed.server_context(),
+        registry=fed.registry,
+        round_id=round_id,
+        roster=ROSTER,
+        min_clients=min_clients,
     )
     for cid in clients:
-        agg.add(_encrypt(keys, cid, **kwargs))
+        agg.add(_encrypt(fed, cid, round_id=round_id, **kwargs))
     return agg.finalize()
 
 
-def _server_side(keys: secagg.KeyHolder) -> tuple[secagg.ServerContext, sealapi.Evaluator]:
-    server = secagg.ServerContext.from_bytes(keys.server_context())
-    return server, sealapi.Evaluator(server.seal_context)
-
-
-def _with_header(data: bytes, **changes: Any) -> bytes:
-    """Rewrite fields of a serialized aggregate's header (what a malicious server can do)."""
-    frame = wire.unpack_frame(data, wire.MAGIC_AGGREGATE, max_chunk_bytes=1 << 30)
+def _with_header(data: bytes, magic: bytes, **changes: Any) -> bytes:
+    """Rewrite fields of a frame's header (what whoever holds the bytes can do)."""
+    frame = wire.unpack_frame(data, magic)
     header = {k: v for k, v in frame.header.items() if k != "chunk_sizes"}
     assert set(changes) <= set(header)
     header.update(changes)
-    return wire.pack_frame(wire.MAGIC_AGGREGATE, header, frame.chunks)
+    return wire.pack_frame(magic, header, frame.chunks)
 
 
-def _fields(enc: secagg.EncryptedAggregate) -> dict[str, Any]:
-    return {f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)}
+def _state(holder: secagg.KeyHolder) -> tuple[int, int, int]:
+    return holder.decryptions_used, holder.last_released_round, holder.refused
 
 
-@pytest.fixture
-def solo_keys() -> secagg.KeyHolder:
-    """Small-preset keys whose policy allows releasing a single client's sum."""
-    return secagg.KeyHolder.generate("small", min_clients=1)
+def _weight_tolerance(release: secagg.ReleasedAggregate, preset: secagg.Preset) -> float:
+    """7 flooding deviations (approximate presets) or the weights' rounding (exact)."""
+    rounding = len(release.contributors) / preset.levels if preset.exact else 0.0
+    return 7 * release.flooding_std + rounding + 1e-9
+
+
+class _Spy:
+    """Wraps the secret key's SEAL decryptor to run a check at every decryption."""
+
+    def __init__(self, decryptor: Any, check: Callable[[], None]) -> None:
+        self._decryptor = decryptor
+        self._check = check
+
+    def decrypt(self, ciphertext: Any, plaintext: Any) -> None:
+        self._check()
+        self._decryptor.decrypt(ciphertext, plaintext)
 
 
 # ---------------------------------------------------------------------------- budget
-def test_decryption_budget_is_enforced_and_persisted(tmp_path: Path) -> None:
-    holder = secagg.KeyHolder.generate("small", decryption_budget=3)
-    path = holder.save(tmp_path / "holder.key")
-    rounds = {r: _aggregate(holder, ["a", "b"], round_id=r) for r in (1, 2, 3, 4)}
-    assert all(len(enc.ciphertexts) == 1 for enc in rounds.values())
+def test_decryption_budget_is_enforced_and_persisted(
+    small_federation: secagg.FederationKeys, tmp_path: Path
+) -> None:
+    fed = small_federation
+    path = tmp_path / "holder.secagg"
+    holder = fed.key_holder(decryption_budget=3, state_path=path)
+    rounds = {r: _aggregate(fed, ["a", "b"], round_id=r) for r in (1, 2, 3, 4)}
+    assert all(enc.num_chunks == 1 for enc in rounds.values())
     for spent in (1, 2, 3):
         holder.release(rounds[spent])
         assert holder.decryptions_used == spent
-        reloaded = secagg.KeyHolder.load(path)
+        reloaded = secagg.KeyHolder.open(fed.material, path)
         assert reloaded.decryptions_used == spent
         assert reloaded.last_released_round == spent
     assert holder.decryptions_left == 0
     with pytest.raises(DecryptionBudgetExceededError, match="rotate"):
         holder.release(rounds[4])  # a new round, but no budget left
-    assert holder.decryptions_used == 3
-    assert holder.last_released_round == 3  # the refused round is not spent
-    reloaded = secagg.KeyHolder.load(path)
-    assert reloaded.decryptions_used == 3
-    assert reloaded.decryptions_left == 0
+    assert (holder.decryptions_used, holder.last_released_round) == (3, 3)
+    reloaded = secagg.KeyHolder.open(fed.material, path)
+    assert (reloaded.decryptions_used, reloaded.decryptions_left) == (3, 0)
     assert reloaded.last_released_round == 3
     with pytest.raises(DecryptionBudgetExceededError):
-        reloaded.release(rounds[4].to_bytes())  # a reloaded key file does not reset the budget
+        reloaded.release(rounds[4].to_bytes())  # reopening the state does not reset it
 
 
-def test_release_needing_more_than_the_budget_left_spends_nothing(tmp_path: Path) -> None:
-    holder = secagg.KeyHolder.generate("small", decryption_budget=3)
-    path = holder.save(tmp_path / "holder.key")
-    holder.release(_aggregate(holder, ["a", "b"]))  # 1 chunk, round 1
-    multi = _aggregate(holder, ["a", "b"], numel=3 * holder.preset.values_per_chunk, round_id=2)
-    assert len(multi.ciphertexts) == 3
+def test_release_needing_more_than_the_budget_left_spends_nothing(
+    small_federation: secagg.FederationKeys, tmp_path: Path
+) -> None:
+    fed = small_federation
+    path = tmp_path / "holder.secagg"
+    holder = fed.key_holder(decryption_budget=3, state_path=path)
+    holder.release(_aggregate(fed, ["a", "b"]))  # 1 chunk, round 1
+    multi = _aggregate(fed, ["a", "b"], numel=3 * fed.material.preset.slots, round_id=2)
+    assert multi.num_chunks == 4
     with pytest.raises(DecryptionBudgetExceededError):
         holder.release(multi)
-    assert holder.decryptions_used == 1
-    assert holder.last_released_round == 1  # neither the budget nor round 2 was spent
-    reloaded = secagg.KeyHolder.load(path)
+    assert (holder.decryptions_used, holder.last_released_round) == (1, 1)
+    reloaded = secagg.KeyHolder.open(fed.material, path)
     assert (reloaded.decryptions_used, reloaded.last_released_round) == (1, 1)
-    # Round 2 is still available for an aggregate that fits the budget.
-    assert reloaded.release(_aggregate(holder, ["a", "c"], round_id=2)).round_id == 2
+    # Round 2 is still open for an aggregate that fits the budget.
+    assert reloaded.release(_aggregate(fed, ["a", "c"], round_id=2)).round_id == 2
 
 
-def test_flooding_grows_with_the_budget() -> None:
-    small = secagg.KeyHolder.generate("small", decryption_budget=4)
-    large = secagg.KeyHolder.generate("small", decryption_budget=400)
+def test_budget_is_spent_on_disk_before_anything_is_decrypted(
+    small_federation: secagg.FederationKeys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = small_federation
+    path = tmp_path / "holder.secagg"
+    holder = fed.key_holder(state_path=path)
+    seen: list[tuple[int, int]] = []
+
+    def check() -> None:
+        on_disk = secagg.KeyHolder.open(fed.material, path)
+        seen.append((on_disk.decryptions_used, on_disk.last_released_round))
+
+    session = fed.material.session
+    monkeypatch.setattr(session, "decryptor", _Spy(session.decryptor, check))
+    enc = _aggregate(fed, ["a", "b"], numel=fed.material.preset.slots + 10, round_id=5)
+    holder.release(enc)
+    # Both chunks were decrypted with the budget already written; the round is spent
+    # (written) only once the release passed every check.
+    assert seen == [(2, -1), (2, -1)]
+    assert _state(secagg.KeyHolder.open(fed.material, path)) == (2, 5, 0)
+
+
+def test_flooding_grows_with_the_square_root_of_the_budget(
+    approx_federation: secagg.FederationKeys,
+) -> None:
+    small = approx_federation.key_holder(decryption_budget=4)
+    large = approx_federation.key_holder(decryption_budget=400)
     assert large.flooding_std(2) == pytest.approx(10 * small.flooding_std(2))
+
+
+@pytest.mark.parametrize("preset", ["approx", "wide", "precise"])
+def test_flooding_std_is_sqrt_12_tau_times_2_to_the_s_over_2_times_t(preset: str) -> None:
+    fed = secagg.FederationKeys.generate(["a", "b"], preset=preset)
+    holder = fed.key_holder(decryption_budget=1000, statistical_security=40)
+    t = fed.material.preset.noise_bound(5)
+    assert holder.flooding_std(5) == pytest.approx(np.sqrt(12 * 1000) * 2.0**20 * t)
+    assert flooding_std(t, decryption_budget=1000, statistical_security=40) == pytest.approx(
+        holder.flooding_std(5)
+    )
 
 
 # ---------------------------------------------------------------------------- one release per round
 def test_round_already_released_is_a_release_error_not_a_roster_error() -> None:
     assert issubclass(RoundAlreadyReleasedError, ReleaseError)
     assert not issubclass(RoundAlreadyReleasedError, RosterError)
+    assert issubclass(IntegrityError, ReleaseError)
+    assert not issubclass(IntegrityError, ValueError)  # a forgery is not a bad argument
     assert secagg.errors.RoundAlreadyReleasedError is RoundAlreadyReleasedError
 
 
 def test_an_aggregate_is_released_once_and_older_rounds_never(
-    small_keys: secagg.KeyHolder,
+    small_federation: secagg.FederationKeys,
 ) -> None:
-    assert small_keys.last_released_round == -1
-    round5 = _aggregate(small_keys, ["a", "b"], round_id=5)
-    assert small_keys.release(round5).round_id == 5
-    assert (small_keys.last_released_round, small_keys.decryptions_used) == (5, 1)
+    fed = small_federation
+    holder = fed.key_holder()
+    assert holder.last_released_round == -1
+    round5 = _aggregate(fed, ["a", "b"], round_id=5)
+    assert holder.release(round5).round_id == 5
+    assert (holder.last_released_round, holder.decryptions_used) == (5, 1)
     refused: dict[str, Callable[[], object]] = {
-        "same object": lambda: small_keys.release(round5),
-        "same bytes": lambda: small_keys.release(round5.to_bytes()),
-        "same round, other sum": lambda: small_keys.release(
-            _aggregate(small_keys, ["b", "c"], round_id=5)
-        ),
-        "older round": lambda: small_keys.release(_aggregate(small_keys, ["a", "c"], round_id=4)),
-        "round 0": lambda: small_keys.release(_aggregate(small_keys, ["a", "b"], round_id=0)),
+        "same object": lambda: holder.release(round5),
+        "same bytes": lambda: holder.release(round5.to_bytes()),
+        "same round, other sum": lambda: holder.release(_aggregate(fed, ["b", "c"], round_id=5)),
+        "older round": lambda: holder.release(_aggregate(fed, ["a", "c"], round_id=4)),
+        "round 0": lambda: holder.release(_aggregate(fed, ["a", "b"], round_id=0)),
     }
     for name, call in refused.items():
         with pytest.raises(RoundAlreadyReleasedError, match="round") as info:
             call()
         assert "5" in str(info.value), name
-        # A refused round spends nothing: neither budget nor the round counter moves.
-        assert (small_keys.last_released_round, small_keys.decryptions_used) == (5, 1), name
+        assert (holder.last_released_round, holder.decryptions_used) == (5, 1), name
     # A later round (gaps allowed) is released, and becomes the new floor.
-    assert small_keys.release(_aggregate(small_keys, ["a", "c"], round_id=7)).round_id == 7
+    assert holder.release(_aggregate(fed, ["a", "c"], round_id=7)).round_id == 7
     with pytest.raises(RoundAlreadyReleasedError):
-        small_keys.release(_aggregate(small_keys, ["a", "b"], round_id=6))
-    assert small_keys.last_released_round == 7
+        holder.release(_aggregate(fed, ["a", "b"], round_id=6))
+    assert holder.last_released_round == 7
 
 
-def test_key_file_remembers_the_last_released_round_and_the_policy(tmp_path: Path) -> None:
-    holder = secagg.KeyHolder.generate("small", min_clients=3)
-    assert holder.min_clients == 3
-    path = holder.save(tmp_path / "holder.key")
-    loaded = secagg.KeyHolder.load(path)
+def test_state_file_remembers_the_last_released_round_and_the_policy(
+    small_federation: secagg.FederationKeys, tmp_path: Path
+) -> None:
+    fed = small_federation
+    path = tmp_path / "holder.secagg"
+    holder = fed.key_holder(min_clients=3, state_path=path)
+    loaded = secagg.KeyHolder.open(fed.material, path)
     assert (loaded.min_clients, loaded.last_released_round) == (3, -1)
 
-    released = _aggregate(holder, ROSTER, round_id=8)
-    holder.release(released)  # writes the file before decrypting
-    reloaded = secagg.KeyHolder.load(path)
-    assert (reloaded.min_clients, reloaded.last_released_round) == (3, 8)
-    assert reloaded.decryptions_used == 1
+    holder.release(_aggregate(fed, ROSTER, round_id=8))
+    reloaded = secagg.KeyHolder.open(fed.material, path)
+    assert (reloaded.min_clients, reloaded.last_released_round, reloaded.decryptions_used) == (
+        3,
+        8,
+        1,
+    )
     for round_id in (8, 2):
         with pytest.raises(RoundAlreadyReleasedError):
-            reloaded.release(_aggregate(holder, ROSTER, round_id=round_id))
+            reloaded.release(_aggregate(fed, ROSTER, round_id=round_id))
     with pytest.raises(RosterError, match="min_clients=3"):  # the policy survived the reload
-        reloaded.release(_aggregate(holder, ["a", "b"], min_clients=1, round_id=9))
-    # A refused release spends budget (on disk) but not its round: only a release that
-    # passed every check spends a round, so round 9 is still open, and so is round 10.
-    assert secagg.KeyHolder.load(path).last_released_round == 8
-    assert secagg.KeyHolder.load(path).decryptions_used == 2
-    assert reloaded.release(_aggregate(holder, ROSTER, round_id=10)).round_id == 10
-    assert secagg.KeyHolder.load(path).last_released_round == 10
+        reloaded.release(_aggregate(fed, ["a", "b"], round_id=9))
+    # A refusal by policy spends neither budget nor its round (checked before decrypting).
+    assert _state(secagg.KeyHolder.open(fed.material, path)) == (1, 8, 0)
+    assert reloaded.release(_aggregate(fed, ROSTER, round_id=9)).round_id == 9
+    assert secagg.KeyHolder.open(fed.material, path).last_released_round == 9
     # The in-memory form round-trips the same state.
-    again = secagg.KeyHolder.from_bytes(reloaded.to_bytes())
-    assert (again.min_clients, again.last_released_round) == (3, 10)
+    again = secagg.KeyHolder.from_bytes(fed.material, reloaded.to_bytes())
+    assert (again.min_clients, again.last_released_round, again.decryptions_used) == (3, 9, 2)
+    assert again.registry.digest == fed.registry.digest
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("min_clients", 0), ("min_clients", 65), ("min_clients", "2"), ("last_released_round", -2)],
+    ("name", "value"),
+    [
+        ("min_clients", 0),
+        ("min_clients", 65),
+        ("min_clients", "2"),
+        ("last_released_round", -2),
+        ("decryptions_used", -1),
+        ("decryptions_used", 1 << 17),  # more than the budget
+        ("decryption_budget", 0),
+        ("statistical_security", 29),
+        ("refused", -1),
+        ("fingerprint", "0" * 64),
+    ],
 )
-def test_key_file_with_an_impossible_policy_or_round_is_refused(field: str, value: object) -> None:
-    data = secagg.KeyHolder.generate("small").to_bytes()
-    frame = wire.unpack_frame(data, wire.MAGIC_KEY, max_chunk_bytes=1 << 24)
-    header = {k: v for k, v in frame.header.items() if k != "chunk_sizes"}
-    header[field] = value
+def test_state_file_with_an_impossible_policy_or_counter_is_refused(
+    small_federation: secagg.FederationKeys, name: str, value: object
+) -> None:
+    data = small_federation.key_holder().to_bytes()
     with pytest.raises(ContextError):
-        secagg.KeyHolder.from_bytes(wire.pack_frame(wire.MAGIC_KEY, header, frame.chunks))
+        secagg.KeyHolder.from_bytes(
+            small_federation.material, _with_header(data, wire.MAGIC_KEY_HOLDER, **{name: value})
+        )
 
 
-@pytest.mark.parametrize("min_clients", [0, 65])
-def test_generate_refuses_a_policy_outside_the_roster(min_clients: int) -> None:
+def test_state_file_of_another_key_is_refused(
+    small_federation: secagg.FederationKeys, tmp_path: Path
+) -> None:
+    other = secagg.FederationKeys.generate(ROSTER, preset="small")
+    path = tmp_path / "holder.secagg"
+    small_federation.key_holder(state_path=path)
+    with pytest.raises(ContextError, match="another key"):
+        secagg.KeyHolder.open(other.material, path)
+
+
+@pytest.mark.parametrize("min_clients", [0, 65, 2.0, "2", None])
+def test_key_holder_refuses_a_policy_outside_the_preset(
+    small_federation: secagg.FederationKeys, min_clients: Any
+) -> None:
     with pytest.raises(ConfigurationError, match="min_clients"):
-        secagg.KeyHolder.generate("small", min_clients=min_clients)
+        small_federation.key_holder(min_clients=min_clients)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decryption_budget": "x"}, "decryption_budget"),
+        ({"decryption_budget": 0}, "decryption_budget"),
+        ({"decryption_budget": 1.5}, "decryption_budget"),
+        ({"statistical_security": 29}, "statistical_security"),
+        ({"keys": None}, "KeyMaterial"),
+        ({"registry": {"a": b"\0" * 32}}, "ClientRegistry"),
+    ],
+)
+def test_key_holder_arguments_of_the_wrong_type_or_range_are_refused(
+    small_federation: secagg.FederationKeys, kwargs: dict[str, Any], match: str
+) -> None:
+    args: dict[str, Any] = {
+        "keys": small_federation.material,
+        "registry": small_federation.registry,
+        **kwargs,
+    }
+    keys = args.pop("keys")
+    with pytest.raises(ConfigurationError, match=match) as info:
+        secagg.KeyHolder(keys, **args)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("path", [None, "", 3])
+def test_key_holder_open_refuses_a_path_that_is_not_one(
+    small_federation: secagg.FederationKeys, path: Any
+) -> None:
+    with pytest.raises(ContextError):
+        secagg.KeyHolder.open(small_federation.material, path)
 
 
 # ---------------------------------------------------------------------------- min_clients
 def test_release_refuses_fewer_contributors_than_min_clients(
-    solo_keys: secagg.KeyHolder,
+    small_federation: secagg.FederationKeys,
 ) -> None:
+    fed = small_federation
+    holder = fed.key_holder(min_clients=1)
     with pytest.raises(RosterError, match="min_clients=3"):
-        solo_keys.release(_aggregate(solo_keys, ["a", "b"], round_id=1), min_clients=3)
-    assert solo_keys.last_released_round == -1  # a refused release does not spend its round
-    assert solo_keys.decryptions_used == 1  # but it spends budget
-    enc = _aggregate(solo_keys, ["a", "b"], round_id=2)
-    assert solo_keys.release(enc, min_clients=2).contributors == ("a", "b")
-    single = _aggregate(solo_keys, ["a"], min_clients=1, round_id=3)
-    assert solo_keys.release(single).contributors == ("a",)
+        holder.release(_aggregate(fed, ["a", "b"], round_id=1), min_clients=3)
+    assert _state(holder) == (0, -1, 0)  # refused by policy: nothing spent
+    enc = _aggregate(fed, ["a", "b"], round_id=2)
+    assert holder.release(enc, min_clients=2).contributors == ("a", "b")
+    single = _aggregate(fed, ["a"], round_id=3)
+    assert holder.release(single).contributors == ("a",)
     with pytest.raises(RosterError, match="min_clients=2"):
-        solo_keys.release(_aggregate(solo_keys, ["a"], min_clients=1, round_id=4), min_clients=2)
+        holder.release(_aggregate(fed, ["a"], round_id=4), min_clients=2)
     # The aggregate's own min_clients (set by the aggregator) is honoured too.
-    demanding = _aggregate(solo_keys, ["a", "b"], round_id=5)
+    demanding = _aggregate(fed, ["a", "b"], round_id=5)
     demanding.min_clients = 3
     with pytest.raises(RosterError, match="min_clients=3"):
-        solo_keys.release(demanding)
+        holder.release(demanding)
+    with pytest.raises(ConfigurationError):
+        holder.release(_aggregate(fed, ["a", "b"], round_id=6), min_clients=0)
 
 
 def test_default_policy_refuses_a_single_client_sum_whatever_the_server_asks(
-    small_keys: secagg.KeyHolder,
+    small_federation: secagg.FederationKeys,
 ) -> None:
-    assert small_keys.min_clients == 2
-    single = _aggregate(small_keys, ["a"], min_clients=1)
+    fed = small_federation
+    holder = fed.key_holder()
+    assert holder.min_clients == 2
+    single = _aggregate(fed, ["a"], min_clients=1)
     assert single.min_clients == 1
     with pytest.raises(RosterError, match="min_clients=2"):
-        small_keys.release(single, min_clients=1)
+        holder.release(single, min_clients=1)
     with pytest.raises(RosterError, match="min_clients=2"):
-        small_keys.release(_aggregate(small_keys, ["b"], min_clients=1, round_id=2).to_bytes())
+        holder.release(_aggregate(fed, ["b"], round_id=2).to_bytes())
+    assert _state(holder) == (0, -1, 0)
 
 
-def test_key_holder_policy_overrides_the_aggregate_and_the_caller() -> None:
-    holder = secagg.KeyHolder.generate("small", min_clients=3)
-    pair = _aggregate(holder, ["a", "b"], min_clients=1, round_id=1)
+def test_key_holder_policy_overrides_the_aggregate_and_the_caller(
+    small_federation: secagg.FederationKeys,
+) -> None:
+    fed = small_federation
+    holder = fed.key_holder(min_clients=3)
+    pair = _aggregate(fed, ["a", "b"], round_id=1)
     assert pair.min_clients == 1
     with pytest.raises(RosterError, match="2 distinct clients, fewer than min_clients=3"):
         holder.release(pair, min_clients=1)
-    # The same pair under a header that claims min_clients=1 in another round: refused too.
     forged = _with_header(
-        _aggregate(holder, ["a", "c"], min_clients=1, round_id=2).to_bytes(), min_clients=1
+        _aggregate(fed, ["a", "c"], round_id=2).to_bytes(), wire.MAGIC_AGGREGATE, min_clients=1
     )
     with pytest.raises(RosterError, match="min_clients=3"):
         holder.release(forged)
-    # Three distinct clients satisfy the policy.
-    assert holder.release(_aggregate(holder, ROSTER, min_clients=1, round_id=3)).contributors == (
-        "a",
-        "b",
-        "c",
+    nonsense = _with_header(
+        _aggregate(fed, ["a", "c"], round_id=2).to_bytes(), wire.MAGIC_AGGREGATE, min_clients=-5
     )
+    with pytest.raises(FormatError, match="min_clients"):
+        holder.release(nonsense)
+    assert holder.release(_aggregate(fed, ROSTER, round_id=3)).contributors == tuple(ROSTER)
 
 
-def test_release_refuses_an_aggregate_of_another_key(small_keys: secagg.KeyHolder) -> None:
-    other = secagg.KeyHolder.generate("small")
+def test_release_refuses_an_aggregate_of_another_key(
+    small_federation: secagg.FederationKeys,
+) -> None:
+    holder = small_federation.key_holder()
+    other = secagg.FederationKeys.generate(ROSTER, preset="small")
     enc = _aggregate(other, ["a", "b"])
     with pytest.raises(KeyMismatchError):
-        small_keys.release(enc)
+        holder.release(enc)
     with pytest.raises(KeyMismatchError):
-        small_keys.release(enc.to_bytes())
-    # Refused before anything is spent.
-    assert (small_keys.decryptions_used, small_keys.last_released_round) == (0, -1)
-
-
-# ---------------------------------------------------------------------------- malicious server
-def test_update_added_twice_under_two_names_is_refused(small_keys: secagg.KeyHolder) -> None:
-    server, evaluator = _server_side(small_keys)
-    blob_a = _encrypt(small_keys, "a")
-    enc = secagg.EncryptedAggregate.from_update(server, blob_a)
-    for total, again in zip(
-        enc.ciphertexts,
-        load_update_ciphertexts(server, secagg.EncryptedUpdate.from_bytes(blob_a)),
-        strict=True,
-    ):
-        evaluator.add_inplace(total, again)
-    enc.contributors = ("a", "b")
-    enc.min_clients = 2
-    with pytest.raises(RosterError, match="more than once"):
-        small_keys.release(enc.to_bytes())
-
-
-def test_update_subtracted_to_isolate_a_client_is_refused(solo_keys: secagg.KeyHolder) -> None:
-    server, evaluator = _server_side(solo_keys)
-
-    def isolate_a(round_id: int) -> secagg.EncryptedAggregate:
-        enc = _aggregate(solo_keys, ["a", "b"], round_id=round_id)
-        blob_b = _encrypt(solo_keys, "b", round_id=round_id)
-        for total, ct in zip(
-            enc.ciphertexts,
-            load_update_ciphertexts(server, secagg.EncryptedUpdate.from_bytes(blob_b)),
-            strict=True,
-        ):
-            evaluator.sub_inplace(total, ct)  # (a + b) - b' with a fresh b'
-        return enc
-
-    with pytest.raises(RosterError, match="claims 2"):
-        solo_keys.release(isolate_a(1).to_bytes())  # claims a and b, holds a (and b - b')
-    enc = isolate_a(2)
-    enc.contributors = ("a",)
-    with pytest.raises(RosterError, match="min_clients=2"):
-        solo_keys.release(enc.to_bytes(), min_clients=2)  # honest claim, too few
-    # Under the default policy the key holder refuses it without being asked.
-    holder = secagg.KeyHolder.from_bytes(solo_keys.to_bytes())
-    holder.min_clients = 2
-    enc = isolate_a(3)
-    enc.contributors = ("a",)
-    with pytest.raises(RosterError, match="min_clients=2"):
         holder.release(enc.to_bytes())
+    assert _state(holder) == (0, -1, 0)
 
 
-def test_contributor_claims_must_match_the_encrypted_roster(solo_keys: secagg.KeyHolder) -> None:
-    claims = [("a", "c"), ("a",), ("a", "b", "c"), ("b", "a", "c")]
-    for round_id, claim in enumerate(claims, start=1):
-        enc = _aggregate(solo_keys, ["a", "b"], round_id=round_id)
-        forged = secagg.EncryptedAggregate.from_bytes(enc.to_bytes(), solo_keys)
-        forged.contributors = claim
-        with pytest.raises(RosterError, match="encrypted roster lists 2 clients"):
-            solo_keys.release(forged, min_clients=1)
-    enc = _aggregate(solo_keys, ["a", "b"], round_id=len(claims) + 1)
-    forged = secagg.EncryptedAggregate.from_bytes(enc.to_bytes(), solo_keys)
-    forged.contributors = ("b", "a")  # order does not matter
-    assert sorted(solo_keys.release(forged).contributors) == ["a", "b"]
-
-
-def test_roster_shortened_to_hide_a_contributor_is_refused(small_keys: secagg.KeyHolder) -> None:
-    enc = _aggregate(small_keys, ["a", "b", "c"])
-    enc.roster = ("a", "b")
-    enc.contributors = ("a", "b")
-    with pytest.raises(RosterError, match="beyond"):
-        small_keys.release(enc)
-
-
-def test_chunks_mixed_from_two_aggregates_are_refused(small_keys: secagg.KeyHolder) -> None:
-    numel = 2 * small_keys.preset.values_per_chunk + 5
-    first = _aggregate(small_keys, ["a", "b"], numel=numel)
-    second = _aggregate(small_keys, ["a", "c"], numel=numel)
-    assert len(first.ciphertexts) == len(second.ciphertexts) == 3
-    second.ciphertexts[0] = first.ciphertexts[0]
-    with pytest.raises(RosterError, match="different"):
-        small_keys.release(second.to_bytes())
-
-
-@pytest.mark.parametrize(
-    "second_weight",
-    [3.0, 2.0 * (1 + 1e-6)],
-    ids=["differs-by-0.125", "differs-by-2.5e-7"],
-)
-def test_chunks_mixed_from_aggregates_with_other_weights_are_refused(
-    small_keys: secagg.KeyHolder, second_weight: float
+def test_release_refuses_clients_the_key_holder_did_not_register(
+    small_federation: secagg.FederationKeys,
 ) -> None:
-    # Same contributors, same round, different weights: the weight slot is all that
-    # tells the chunks apart. An honest sum's chunks agree on it to within the CKKS
-    # noise (~1e-11), so even a 2.5e-7 difference must be refused. (A loose 0.25
-    # tolerance once let the 0.125 case through.)
-    numel = small_keys.preset.values_per_chunk + 5
-    first = _aggregate(small_keys, ["a", "b"], numel=numel, weight=2.0, weight_bound=16.0)
-    second = _aggregate(
-        small_keys, ["a", "b"], numel=numel, weight=second_weight, weight_bound=16.0
+    # The key holder's own registry decides whose sums it releases: here it knows a and b.
+    fed = small_federation
+    holder = secagg.KeyHolder(
+        fed.material,
+        registry=secagg.ClientRegistry({c: fed.signing_keys[c] for c in ("a", "b")}),
+        min_clients=2,
     )
-    assert len(first.ciphertexts) == len(second.ciphertexts) == 2
-    assert 2 * (second_weight - 2.0) / 16.0 > 1e3 * 4 * small_keys.preset.noise_bound(2)
-    second.ciphertexts[1] = first.ciphertexts[1]
-    with pytest.raises(RosterError, match="different weight sums"):
-        small_keys.release(second.to_bytes())
+    with pytest.raises(RosterError, match="unregistered"):
+        holder.release(_aggregate(fed, ["a", "c"]))
+    assert holder.release(_aggregate(fed, ["a", "b"], round_id=2)).contributors == ("a", "b")
 
 
-def test_honest_multi_chunk_sums_pass_the_tight_tolerance(small_keys: secagg.KeyHolder) -> None:
-    # The same check must not refuse honest sums: many chunks, all roster clients.
-    numel = 6 * small_keys.preset.values_per_chunk + 1
-    enc = _aggregate(small_keys, ROSTER, numel=numel, weight=3.0, weight_bound=7.0)
-    assert len(enc.ciphertexts) == 7
-    release = small_keys.release(enc)
-    assert release.contributors == tuple(ROSTER)
-    assert release.weight_sum == pytest.approx(9.0 / 7.0, abs=7 * release.flooding_std)
-
-
-@pytest.mark.parametrize("how", ["header-bytes", "constructed"])
-def test_ciphertexts_relabelled_as_the_next_round_are_refused(
-    small_keys: secagg.KeyHolder, how: str
-) -> None:
-    # The server replays round-4 ciphertexts as round 5 (which the key holder has not
-    # released yet): only the encrypted round tag tells.
-    honest = _aggregate(small_keys, ["a", "b"], round_id=4, numel=500)
-    if how == "header-bytes":
-        relabelled: secagg.EncryptedAggregate | bytes = _with_header(honest.to_bytes(), round_id=5)
-        assert secagg.EncryptedAggregate.from_bytes(relabelled, small_keys).round_id == 5
-    else:
-        relabelled = secagg.EncryptedAggregate(**{**_fields(honest), "round_id": 5})
-    with pytest.raises(RosterError, match="round tags do not match round 5"):
-        small_keys.release(relabelled)
-    # The refusal spent budget (before decrypting) but not round 5: a forged relabel must
-    # not block the honest round-5 sum.
-    assert (small_keys.last_released_round, small_keys.decryptions_used) == (-1, 1)
-    assert small_keys.release(_aggregate(small_keys, ["a", "b"], round_id=5)).round_id == 5
-
-
-def test_ciphertexts_relabelled_as_an_unreleased_older_round_are_refused(
-    small_keys: secagg.KeyHolder,
-) -> None:
-    honest = _aggregate(small_keys, ["a", "b", "c"], round_id=9, numel=500)
-    with pytest.raises(RosterError, match="round tags"):
-        small_keys.release(_with_header(honest.to_bytes(), round_id=2))
-
-
-def test_chunks_mixed_from_two_rounds_are_refused(small_keys: secagg.KeyHolder) -> None:
-    # Same contributors, same weights, same layout: only the round tag differs.
-    numel = 2 * small_keys.preset.values_per_chunk + 5
-    first = _aggregate(small_keys, ["a", "b"], numel=numel, round_id=1)
-    second = _aggregate(small_keys, ["a", "b"], numel=numel, round_id=2)
-    second.ciphertexts[2] = first.ciphertexts[2]
-    with pytest.raises(RosterError, match="round tags do not match round 2"):
-        small_keys.release(second)
-
-
-REORDERINGS: dict[str, Callable[[list[Any]], list[Any]]] = {
-    "swap-0-1": lambda c: [c[1], c[0], *c[2:]],
-    "swap-1-2": lambda c: [c[0], c[2], c[1]],
-    "reverse": lambda c: c[::-1],
-    "first-twice": lambda c: [c[0], c[0], c[2]],
-    "last-twice": lambda c: [c[0], c[2], c[2]],
-}
-
-
-@pytest.mark.parametrize("reorder", sorted(REORDERINGS))
-def test_reordered_or_repeated_chunks_are_refused(
-    small_keys: secagg.KeyHolder, reorder: str
-) -> None:
-    numel = 2 * small_keys.preset.values_per_chunk + 5
-    enc = _aggregate(small_keys, ["a", "c"], numel=numel)
-    assert len(enc.ciphertexts) == 3
-    enc.ciphertexts = REORDERINGS[reorder](list(enc.ciphertexts))
-    with pytest.raises(RosterError, match="chunk tags"):
-        small_keys.release(enc.to_bytes())
-
-
+# ---------------------------------------------------------------------------- flooding and values
 def test_release_refuses_a_weight_sum_drowned_by_flooding() -> None:
-    # Preset "wide" floods a 1-client sum with σ ≈ 0.06; a normalised weight sum of
-    # 0.001 is pure noise after flooding, and dividing by it would give a meaningless
-    # (often sign-flipped) mean. The key holder must refuse: the flooded sum falls below
-    # its 10 σ floor unless the noise draws a 10-sigma outlier.
-    holder = secagg.KeyHolder.generate("wide", min_clients=1)
+    # Preset "wide" floods a 1-client sum with σ ≈ 0.05; a normalised weight sum of 0.001
+    # is pure noise after flooding, and dividing by it would give a meaningless (often
+    # sign-flipped) mean. The key holder refuses it, after decrypting (budget spent).
+    fed = secagg.FederationKeys.generate(ROSTER, preset="wide")
+    holder = fed.key_holder(min_clients=1)
     sigma = holder.flooding_std(1)
     assert 0.001 < sigma < 0.1
     for round_id in range(1, 6):
-        agg = secagg.Aggregator(
-            holder.server_context(), round_id=round_id, roster=ROSTER, min_clients=1
-        )
-        agg.add(_encrypt(holder, "a", weight=1.0, weight_bound=1000.0, round_id=round_id))
+        agg = _aggregate(fed, ["a"], round_id=round_id, weight=1.0, weight_bound=1000.0)
         with pytest.raises(ReleaseError, match="weight sum") as info:
-            holder.release(agg.finalize())
-        assert type(info.value) is ReleaseError  # not a roster or round refusal
+            holder.release(agg)
+        assert type(info.value) is ReleaseError  # not a roster, round or integrity refusal
         assert holder.last_released_round == -1  # a refusal releases nothing: no round spent
         assert holder.decryptions_used == round_id  # but the decryption budget is spent
-    # A usable weight sum (1.0, about 16 σ) is released, and close to the truth.
-    agg = secagg.Aggregator(holder.server_context(), round_id=6, roster=ROSTER, min_clients=1)
-    agg.add(_encrypt(holder, "a", weight=1.0, weight_bound=1.0, round_id=6))
-    release = holder.release(agg.finalize())
+    release = holder.release(_aggregate(fed, ["a"], round_id=6))
     assert release.weight_sum >= 10 * sigma
     assert abs(release.weight_sum - 1.0) <= 7 * sigma
     assert release.mean_error_std == pytest.approx(sigma / release.weight_sum)
 
 
-def test_released_values_follow_the_honest_aggregate(small_keys: secagg.KeyHolder) -> None:
-    enc = _aggregate(small_keys, ["a", "c"], numel=500, weight=3.0, weight_bound=4.0)
-    release = small_keys.release(enc)
+def test_released_values_follow_the_honest_weighted_mean(
+    small_federation: secagg.FederationKeys,
+) -> None:
+    fed = small_federation
+    holder = fed.key_holder()
+    enc = _aggregate(fed, ["a", "c"], numel=500, weight=3.0, weight_bound=4.0)
+    release = holder.release(enc)
     exact = (_update(0, 500)["w"].numpy() + _update(2, 500)["w"].numpy()) / 2
     tol = 7 * release.mean_error_std * np.sqrt(1 + exact**2) + 1e-9
-    assert (np.abs(release.mean["w"].numpy() - exact) <= tol).all()
-    assert release.weight_sum == pytest.approx(1.5, abs=7 * release.flooding_std + 1e-9)
+    assert (np.abs(release.mean["w"] - exact) <= tol).all()
+    preset = fed.material.preset
+    assert release.weight_sum == pytest.approx(1.5, abs=_weight_tolerance(release, preset))
+    assert to_torch(release.mean, release.spec)["w"].dtype == torch.float64
 
 
-@pytest.mark.parametrize("where", ["release", "encrypt"])
-def test_round_ids_beyond_the_round_tag_domain_raise_secagg_errors(
-    solo_keys: secagg.KeyHolder, where: str
+def test_honest_multi_chunk_sums_of_the_whole_roster_are_released(
+    small_federation: secagg.FederationKeys,
 ) -> None:
+    fed = small_federation
+    numel = 6 * fed.material.preset.slots + 1
+    enc = _aggregate(fed, ROSTER, numel=numel, weight=3.0, weight_bound=7.0)
+    assert enc.num_chunks == 7
+    release = fed.key_holder().release(enc)
+    assert release.contributors == tuple(ROSTER)
+    assert release.weight_sum == pytest.approx(
+        9.0 / 7.0, abs=_weight_tolerance(release, fed.material.preset)
+    )
+
+
+def test_exact_release_refuses_a_zero_weight_sum(small_federation: secagg.FederationKeys) -> None:
+    # A normalised weight of 1e-300 quantises to level 0 for certain: an exact sum of
+    # zero weights is not divided by (after decrypting: the budget is spent).
+    fed = small_federation
+    holder = fed.key_holder()
+    enc = _aggregate(fed, ["a", "b"], weight=1e-300, weight_bound=1.0)
+    with pytest.raises(ReleaseError, match="weight sum") as info:
+        holder.release(enc)
+    assert type(info.value) is ReleaseError
+    assert (holder.decryptions_used, holder.last_released_round) == (1, -1)
+
+
+def test_exact_presets_release_sums_with_no_flooding(
+    small_federation: secagg.FederationKeys,
+) -> None:
+    # The integer sums are exact: two releases of equal quantised sums are equal, and
+    # nothing but the clients' own rounding separates the mean from the exact one.
+    fed = small_federation
+    holder = fed.key_holder()
+    release = holder.release(_aggregate(fed, ["a", "b"], numel=300))
+    assert release.flooding_std == 0.0
+    assert release.quantization_std == fed.material.preset.quantization_std > 0
+    exact = (_update(0, 300)["w"].numpy() + _update(1, 300)["w"].numpy()) / 2
+    step = fed.material.preset.quantization_step
+    assert float(np.abs(release.mean["w"] - exact).max()) <= 2 * step
+    assert release.weight_sum == 2.0
+
+
+@pytest.mark.parametrize("where", ["release", "encrypt", "aggregator"])
+def test_round_ids_beyond_2_to_the_63_raise_secagg_errors(
+    small_federation: secagg.FederationKeys, where: str
+) -> None:
+    fed = small_federation
+    holder = fed.key_holder(min_clients=1)
     if where == "encrypt":
-        with pytest.raises(secagg.errors.SecaggError):
-            _encrypt(solo_keys, "a", round_id=2**64)
+        with pytest.raises(ConfigurationError, match="round_id"):
+            _encrypt(fed, "a", round_id=2**63)
         return
-    forged = _with_header(_aggregate(solo_keys, ["a", "b"]).to_bytes(), round_id=2**64)
-    with pytest.raises(secagg.errors.SecaggError):
-        solo_keys.release(forged)
-    # Nothing was spent by the out-of-range id, and the honest rounds stay open.
-    assert solo_keys.last_released_round == -1
-    assert solo_keys.release(_aggregate(solo_keys, ["a", "b"], round_id=3)).round_id == 3
+    if where == "aggregator":
+        with pytest.raises(ConfigurationError, match="round_id"):
+            secagg.Aggregator(
+                fed.server_context(), registry=fed.registry, round_id=2**64, roster=ROSTER
+            )
+        return
+    honest = _aggregate(fed, ["a", "b"])
+    for round_id in (2**63, 2**64, -1):
+        forged = _with_header(honest.to_bytes(), wire.MAGIC_AGGREGATE, round_id=round_id)
+        with pytest.raises(SecaggError):
+            holder.release(forged)
+    assert _state(holder) == (0, -1, 0)
+    assert holder.release(_aggregate(fed, ["a", "b"], round_id=3)).round_id == 3
+
+
+def test_key_holder_state_file_is_private(
+    small_federation: secagg.FederationKeys, tmp_path: Path
+) -> None:
+    path = tmp_path / "holder.secagg"
+    old_umask = os.umask(0)
+    try:
+        small_federation.key_holder(state_path=path)
+    finally:
+        os.umask(old_umask)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["holder.secagg"]  # no temp file left
+    assert small_federation.material.mac_key not in path.read_bytes()  # state holds no key

@@ -1,20 +1,28 @@
-"""Serialization pairs: bytes -> object -> bytes is the identity, objects survive the trip."""
+"""Serialization pairs: bytes -> object -> bytes is the identity; each format refuses the others."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import secagg
 from secagg import wire
+from secagg._seal import SEED_BYTES
 from secagg.errors import (
     ContextError,
     FormatError,
     KeyMismatchError,
     RoundAlreadyReleasedError,
+    SecaggError,
+    SecretKeyExposureError,
 )
+from secagg.registry import SigningKey
+from secagg.tensors import to_torch
 
 ROSTER = ["a", "b", "c"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 4.0}
@@ -23,34 +31,43 @@ WEIGHTS = {"a": 1.0, "b": 2.0, "c": 4.0}
 def _update(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {
-        "w": torch.randn(70, 80, generator=gen),  # 5600 values: two chunks under "small"
-        "b": torch.randn(3, generator=gen, dtype=torch.float64),
+        "w": torch.rand(100, 90, generator=gen) * 2 - 1,  # 9000 values: two chunks ("small")
+        "b": torch.rand(3, generator=gen, dtype=torch.float64) - 0.5,
     }
 
 
 UPDATES = {cid: _update(i) for i, cid in enumerate(ROSTER)}
 
 
-def _encrypt(keys: secagg.KeyHolder, cid: str, **kwargs: object) -> bytes:
+def _encrypt(fed: secagg.FederationKeys, cid: str, round_id: int = 9) -> bytes:
     return secagg.encrypt_update(
-        keys,
+        fed.material,
         UPDATES[cid],
+        signing_key=fed.signing_keys[cid],
         weight=WEIGHTS[cid],
         weight_bound=4.0,
-        round_id=9,
-        client_id=cid,
+        round_id=round_id,
         roster=ROSTER,
-        **kwargs,  # type: ignore[arg-type]
     )
+
+
+def _aggregate(fed: secagg.FederationKeys, clients: list[str]) -> secagg.EncryptedAggregate:
+    agg = secagg.Aggregator(
+        fed.server_context().to_bytes(), registry=fed.registry, round_id=9, roster=ROSTER
+    )
+    for cid in clients:
+        agg.add(_encrypt(fed, cid))
+    return agg.finalize()
 
 
 def _check_mean(release: secagg.ReleasedAggregate, clients: list[str]) -> None:
     assert sorted(release.contributors) == sorted(clients)
     total = sum(WEIGHTS[c] for c in clients)
+    tensors = to_torch(release.mean, release.spec)
     for name in ("w", "b"):
         exact = sum(WEIGHTS[c] * UPDATES[c][name].double().numpy() for c in clients) / total
-        got = release.mean[name].double().numpy()
-        assert release.mean[name].dtype == UPDATES["a"][name].dtype
+        got = tensors[name].double().numpy()
+        assert tensors[name].dtype == UPDATES["a"][name].dtype
         eps = torch.finfo(UPDATES["a"][name].dtype).eps
         tol = 7 * release.mean_error_std * np.sqrt(1 + exact**2) + (1e-9 + eps) * (
             1 + np.abs(exact)
@@ -58,103 +75,90 @@ def _check_mean(release: secagg.ReleasedAggregate, clients: list[str]) -> None:
         assert (np.abs(got - exact) <= tol).all(), name
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_update_bytes_round_trip_exactly(small_keys: secagg.KeyHolder, signed: bool) -> None:
-    key = Ed25519PrivateKey.generate() if signed else None
-    blob = _encrypt(small_keys, "b", signing_key=key)
+def test_update_bytes_round_trip_exactly(small_federation: secagg.FederationKeys) -> None:
+    fed = small_federation
+    blob = _encrypt(fed, "b")
     update = secagg.EncryptedUpdate.from_bytes(blob)
     assert update.to_bytes() == blob
-    assert update.is_signed is signed
     assert update.client_id == "b"
-    assert update.position == 1
     assert update.roster == tuple(ROSTER)
     assert update.round_id == 9
-    assert update.fingerprint == small_keys.fingerprint
-    assert update.preset_name == "small"
+    assert update.fingerprint == fed.material.fingerprint
+    assert (update.preset_name, update.layout) == ("small", "exact-fields-v1")
     assert len(update.chunks) == 2
+    assert all(len(c) == fed.material.preset.chunk_bytes for c in update.chunks)
+    assert len(update.seeds) == 2 * SEED_BYTES
+    assert len(update.signature) == 64
+    assert len(update.tag) == 1 and 0 <= update.tag[0] < fed.material.moduli[0]
     assert update.spec_hash == secagg.flatten_update(UPDATES["b"])[1].spec_hash
     assert secagg.EncryptedUpdate.from_bytes(bytearray(blob)).to_bytes() == blob
-
-
-def _twin(keys: secagg.KeyHolder) -> secagg.KeyHolder:
-    """An independent copy of a key holder's current state (same key, same rounds)."""
-    return secagg.KeyHolder.from_bytes(keys.to_bytes())
+    fed.registry.verify("b", update.signature, update.signed_bytes)
 
 
 def test_aggregate_round_trips_under_server_context_and_key_holder(
-    small_keys: secagg.KeyHolder,
+    small_federation: secagg.FederationKeys,
 ) -> None:
-    twin = _twin(small_keys)
-    server_bytes = small_keys.server_context()
-    server = secagg.ServerContext.from_bytes(server_bytes)
-    agg = secagg.Aggregator(server_bytes, round_id=9, roster=ROSTER, min_clients=2)
-    agg.add(_encrypt(small_keys, "a"))
-    agg.add(_encrypt(small_keys, "c"))
-    enc = agg.finalize()
+    fed = small_federation
+    holder = fed.key_holder()
+    twin = secagg.KeyHolder.from_bytes(fed.material, holder.to_bytes())
+    enc = _aggregate(fed, ["a", "c"])
     data = enc.to_bytes()
-
-    on_server = secagg.EncryptedAggregate.from_bytes(data, server)
-    assert on_server.to_bytes() == data
-    on_holder = secagg.EncryptedAggregate.from_bytes(data, small_keys)
-    assert on_holder.to_bytes() == data
+    on_server = secagg.EncryptedAggregate.from_bytes(data, fed.server_context())
+    on_holder = secagg.EncryptedAggregate.from_bytes(data, fed.material.server_context_object())
     for loaded in (on_server, on_holder):
+        assert loaded.to_bytes() == data
         assert loaded.contributors == ("a", "c")
         assert loaded.roster == tuple(ROSTER)
-        assert loaded.round_id == 9
-        assert loaded.min_clients == 2
+        assert (loaded.round_id, loaded.min_clients, loaded.num_contributors) == (9, 2, 2)
         assert loaded.spec == enc.spec
-        assert loaded.fingerprint == small_keys.fingerprint
-        assert loaded.num_contributors == 2
-    _check_mean(small_keys.release(on_holder), ["a", "c"])
+        assert loaded.fingerprint == fed.material.fingerprint
+        assert np.array_equal(loaded.c0, enc.c0)
+        assert loaded.seeds == enc.seeds
+        assert loaded.tag == enc.tag
+    _check_mean(holder.release(on_holder), ["a", "c"])
     with pytest.raises(RoundAlreadyReleasedError):  # the same aggregate as bytes: round 9 again
-        small_keys.release(data)
+        holder.release(data)
     _check_mean(twin.release(data), ["a", "c"])  # release accepts bytes too
+    other = secagg.FederationKeys.generate(ROSTER, preset="small")
     with pytest.raises(KeyMismatchError):
-        secagg.EncryptedAggregate.from_bytes(data, secagg.KeyHolder.generate("small"))
+        secagg.EncryptedAggregate.from_bytes(data, other.server_context())
 
 
-def test_aggregate_plus_update_leaves_the_original_unchanged() -> None:
-    # One copy of the (1-client-policy) key state per release: all sums are of round 9.
-    small_keys = secagg.KeyHolder.generate("small", min_clients=1)
-    holders = [_twin(small_keys) for _ in range(3)]
-    server = secagg.ServerContext.from_bytes(small_keys.server_context())
-    base = secagg.EncryptedAggregate.from_update(server, _encrypt(small_keys, "a"))
-    before = base.to_bytes()
-    total = base + _encrypt(small_keys, "b")
-    total = total + secagg.EncryptedUpdate.from_bytes(_encrypt(small_keys, "c"))
-    assert base.to_bytes() == before
-    assert base.contributors == ("a",)
-    assert total.contributors == ("a", "b", "c")
-    _check_mean(holders[0].release(total), ROSTER)
-    _check_mean(holders[1].release(base, min_clients=1), ["a"])
-    # add_update is the in-place form of +
-    base.add_update(_encrypt(small_keys, "b"))
-    assert base.contributors == ("a", "b")
-    _check_mean(holders[2].release(base), ["a", "b"])
+def test_aggregate_carries_64_bytes_per_chunk_and_contributor_beyond_its_sum(
+    small_federation: secagg.FederationKeys,
+) -> None:
+    fed = small_federation
+    two, three = _aggregate(fed, ["a", "b"]), _aggregate(fed, ROSTER)
+    assert two.num_chunks == 2
+    # The only growth per contributor is its seeds (and its name in the header).
+    growth = len(three.to_bytes()) - len(two.to_bytes())
+    assert SEED_BYTES * two.num_chunks <= growth <= SEED_BYTES * two.num_chunks + 16
+    packed = 60 * fed.material.preset.poly_modulus_degree // 8
+    assert len(two.to_bytes()) < two.num_chunks * (packed + 2 * SEED_BYTES) + 2048
 
 
-def test_server_context_round_trips(small_keys: secagg.KeyHolder) -> None:
-    data = small_keys.server_context()
+def test_server_context_round_trips(small_federation: secagg.FederationKeys) -> None:
+    fed = small_federation
+    data = fed.material.server_context()
     server = secagg.ServerContext.from_bytes(data)
     assert server.to_bytes() == data
     again = secagg.ServerContext.from_bytes(server.to_bytes())
-    assert again.fingerprint == server.fingerprint
-    assert again.preset == server.preset
-    assert again.parms_bytes == server.parms_bytes
+    assert (again.fingerprint, again.preset) == (server.fingerprint, server.preset)
+    assert again.parameters.parms_bytes == server.parameters.parms_bytes
+    assert again.moduli == fed.material.moduli
     # An aggregator built from either form accepts the same updates.
-    agg = secagg.Aggregator(again, round_id=9, roster=ROSTER)
-    agg.add(_encrypt(small_keys, "a"))
-    agg.add(_encrypt(small_keys, "b"))
-    _check_mean(small_keys.release(agg.finalize()), ["a", "b"])
+    for context in (data, again):
+        agg = secagg.Aggregator(context, registry=fed.registry, round_id=9, roster=ROSTER)
+        agg.add(_encrypt(fed, "a"))
+        agg.add(_encrypt(fed, "b"))
+    _check_mean(fed.key_holder().release(agg.finalize()), ["a", "b"])
 
 
-def test_key_holder_round_trips_its_budget_state() -> None:
-    holder = secagg.KeyHolder.generate(
-        "small", decryption_budget=50, statistical_security=40, min_clients=5
-    )
-    holder.decryptions_used = 7
-    holder.last_released_round = 12
-    again = secagg.KeyHolder.from_bytes(holder.to_bytes())
+def test_key_holder_state_round_trips(small_federation: secagg.FederationKeys) -> None:
+    fed = small_federation
+    holder = fed.key_holder(decryption_budget=50, statistical_security=40, min_clients=5)
+    holder.decryptions_used, holder.last_released_round, holder.refused = 7, 12, 3
+    again = secagg.KeyHolder.from_bytes(fed.material, holder.to_bytes())
     assert again.to_bytes() == holder.to_bytes()
     assert (
         again.decryption_budget,
@@ -162,44 +166,102 @@ def test_key_holder_round_trips_its_budget_state() -> None:
         again.statistical_security,
         again.min_clients,
         again.last_released_round,
-    ) == (50, 7, 40, 5, 12)
+        again.refused,
+    ) == (50, 7, 40, 5, 12, 3)
     assert again.flooding_std(3) == holder.flooding_std(3)
+    assert again.registry.digest == fed.registry.digest
+    assert fed.material.mac_key not in holder.to_bytes()
 
 
-@pytest.mark.parametrize(
-    ("magic", "loader"),
-    [
-        (wire.MAGIC_UPDATE, lambda d, k: secagg.EncryptedUpdate.from_bytes(d)),
-        (wire.MAGIC_AGGREGATE, lambda d, k: secagg.EncryptedAggregate.from_bytes(d, k)),
-    ],
-)
-def test_each_format_refuses_the_others(
-    small_keys: secagg.KeyHolder, magic: bytes, loader: object
+def test_secret_context_round_trips(small_federation: secagg.FederationKeys) -> None:
+    material = small_federation.material
+    again = secagg.KeyMaterial.from_bytes(material.to_bytes())
+    assert again.to_bytes() == material.to_bytes()
+    assert (again.fingerprint, again.mac_key, again.preset) == (
+        material.fingerprint,
+        material.mac_key,
+        material.preset,
+    )
+
+
+def test_registry_and_signing_keys_round_trip(
+    small_federation: secagg.FederationKeys, tmp_path: Path
 ) -> None:
-    blobs = {
-        wire.MAGIC_UPDATE: _encrypt(small_keys, "a"),
-        wire.MAGIC_AGGREGATE: secagg.EncryptedAggregate.from_update(
-            small_keys, _encrypt(small_keys, "a")
-        ).to_bytes(),
-        wire.MAGIC_SERVER_CONTEXT: small_keys.server_context(),
-        wire.MAGIC_KEY: small_keys.to_bytes(),
+    fed = small_federation
+    registry = secagg.ClientRegistry.from_bytes(fed.registry.to_bytes())
+    assert registry.to_bytes() == fed.registry.to_bytes()
+    assert list(registry) == ROSTER
+    assert registry.digest == fed.registry.digest
+    loaded = secagg.ClientRegistry.load(fed.registry.save(tmp_path / "registry.secagg"))
+    assert loaded.digest == fed.registry.digest
+    key = SigningKey.from_bytes(fed.signing_keys["c"].to_bytes())
+    assert key.client_id == "c"
+    assert key.to_bytes() == fed.signing_keys["c"].to_bytes()
+    loaded.verify("c", key.sign(b"message"), b"message")
+    with pytest.raises(secagg.errors.SignatureError):
+        loaded.verify("b", key.sign(b"message"), b"message")
+    with pytest.raises(secagg.errors.SignatureError, match="not registered"):
+        loaded.verify("zed", key.sign(b"message"), b"message")
+    # The digest covers ids, keys and their order.
+    swapped = secagg.ClientRegistry(
+        {"b": fed.signing_keys["a"], "a": fed.signing_keys["b"], "c": fed.signing_keys["c"]}
+    )
+    assert swapped.digest != fed.registry.digest
+
+
+def _blobs(fed: secagg.FederationKeys) -> dict[bytes, bytes]:
+    enc = _aggregate(fed, ["a", "b"])
+    return {
+        wire.MAGIC_UPDATE: _encrypt(fed, "a"),
+        wire.MAGIC_AGGREGATE: enc.to_bytes(),
+        wire.MAGIC_SERVER_CONTEXT: fed.material.server_context(),
+        wire.MAGIC_KEY: fed.material.to_bytes(),
+        wire.MAGIC_KEY_HOLDER: fed.key_holder().to_bytes(),
+        wire.MAGIC_REGISTRY: fed.registry.to_bytes(),
+        wire.MAGIC_SIGNING_KEY: fed.signing_keys["a"].to_bytes(),
     }
+
+
+LOADERS: dict[bytes, tuple[Callable[[bytes, secagg.FederationKeys], Any], type[SecaggError]]] = {
+    wire.MAGIC_UPDATE: (lambda d, f: secagg.EncryptedUpdate.from_bytes(d), FormatError),
+    wire.MAGIC_AGGREGATE: (
+        lambda d, f: secagg.EncryptedAggregate.from_bytes(d, f.server_context()),
+        FormatError,
+    ),
+    wire.MAGIC_SERVER_CONTEXT: (lambda d, f: secagg.ServerContext.from_bytes(d), ContextError),
+    wire.MAGIC_KEY: (lambda d, f: secagg.KeyMaterial.from_bytes(d), ContextError),
+    wire.MAGIC_KEY_HOLDER: (lambda d, f: secagg.KeyHolder.from_bytes(f.material, d), ContextError),
+    wire.MAGIC_REGISTRY: (lambda d, f: secagg.ClientRegistry.from_bytes(d), ContextError),
+    wire.MAGIC_SIGNING_KEY: (lambda d, f: SigningKey.from_bytes(d), ContextError),
+}
+
+
+@pytest.mark.parametrize("magic", sorted(LOADERS), ids=lambda m: m.decode())
+def test_each_format_refuses_the_others(
+    small_federation: secagg.FederationKeys, magic: bytes
+) -> None:
+    blobs = _blobs(small_federation)
+    load, error = LOADERS[magic]
+    assert load(blobs[magic], small_federation) is not None  # its own format loads
     for other, data in blobs.items():
         if other == magic:
             continue
-        with pytest.raises(FormatError, match="expected"):
-            loader(data, small_keys)  # type: ignore[operator]
-    with pytest.raises(ContextError):
-        secagg.ServerContext.from_bytes(blobs[wire.MAGIC_UPDATE])
-    with pytest.raises(ContextError):
-        secagg.KeyHolder.from_bytes(blobs[wire.MAGIC_AGGREGATE])
+        with pytest.raises(error) as info:
+            load(data, small_federation)
+        assert isinstance(info.value, ValueError)
+        if magic == wire.MAGIC_SERVER_CONTEXT and other == wire.MAGIC_KEY:
+            assert isinstance(info.value, SecretKeyExposureError)
+            assert "secret context" in str(info.value)
+        else:  # the message says what the bytes are
+            assert "expected" in str(info.value) or "server context" in str(info.value)
 
 
-def test_frame_version_and_lengths_are_checked(small_keys: secagg.KeyHolder) -> None:
-    blob = _encrypt(small_keys, "a")
-    bad_version = blob[:4] + (2).to_bytes(2, "big") + blob[6:]
-    with pytest.raises(FormatError, match="version"):
-        secagg.EncryptedUpdate.from_bytes(bad_version)
+def test_frame_version_and_lengths_are_checked(small_federation: secagg.FederationKeys) -> None:
+    blob = _encrypt(small_federation, "a")
+    assert blob[4:6] == wire.FORMAT_VERSION.to_bytes(2, "big")
+    for version in (1, wire.FORMAT_VERSION + 1):
+        with pytest.raises(FormatError, match="version"):
+            secagg.EncryptedUpdate.from_bytes(blob[:4] + version.to_bytes(2, "big") + blob[6:])
     bad_sig_len = blob[:18] + (7).to_bytes(2, "big") + blob[20:]
     with pytest.raises(FormatError, match="signature length"):
         secagg.EncryptedUpdate.from_bytes(bad_sig_len)

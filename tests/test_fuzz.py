@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("fuzz_payloads.py")
 SEED = 20240611
-DEFAULT_CASES = 2000  # with the other parsers and checkpoints: > 5,000 cases per CI run
+DEFAULT_CASES = 5000  # with the six other parsers: > 20,000 cases per CI run (about 10 s)
 
 
 def _run_fuzz(cases: int, other_cases: int, seed: int, timeout: float) -> dict[str, Any]:
@@ -55,27 +55,42 @@ def _check_counts(summary: dict[str, Any], cases: int, other_cases: int) -> None
     updates = targets["Aggregator.add"]
     assert updates["cases"] == cases
     assert updates["accepted"] + sum(updates["errors"].values()) == cases
-    # Every mutator family was exercised, and most corruptions are refused.
+    # Every mutator family was exercised, and most corruptions are refused: by the
+    # signature as received, by the checks behind it once re-signed by the client.
     assert len(updates["by_mutator"]) == 10
     assert min(updates["by_mutator"].values()) >= cases // 100
-    assert updates["accepted"] < cases // 2
+    assert updates["accepted"] < cases // 4
     assert updates["errors"].get("FormatError", 0) > cases // 4
+    assert updates["errors"].get("SignatureError", 0) > cases // 20
     for name in (
         "EncryptedAggregate.from_bytes",
         "ServerContext.from_bytes",
+        "KeyMaterial.from_bytes",
         "KeyHolder.from_bytes",
+        "ClientRegistry.from_bytes",
+        "SigningKey.from_bytes",
     ):
         target = targets[name]
-        assert target["cases"] == other_cases >= 300
-        assert target["accepted"] + sum(target["errors"].values()) == other_cases
-    # Fuzzed aggregates the loader accepts are released, each by a fresh copy of the key:
-    # they must reach the integrity checks, not stop at the once-per-round rule.
-    loaded = targets["EncryptedAggregate.from_bytes"]["accepted"]
-    releases = targets["KeyHolder.release(fuzzed aggregate)"]
-    assert releases["cases"] == loaded > 0
-    assert releases["accepted"] > 0
-    assert releases["errors"].get("RosterError", 0) > 0
-    assert releases["errors"].get("RoundAlreadyReleasedError", 0) <= releases["cases"] // 4
+        assert target["cases"] == other_cases >= 300, name
+        assert target["accepted"] + sum(target["errors"].values()) == other_cases, name
+        assert sum(target["errors"].values()) > other_cases // 2, name
+    # Accepted (mutated) updates were summed and handed to the key holder, and fuzzed
+    # aggregates the loader accepted were released, each by a fresh key holder: they reach
+    # the MAC, not the once-per-round rule. Only semantically untouched sums come out.
+    for name, loaded in (
+        ("KeyHolder.release(sum with a fuzzed update)", updates["accepted"]),
+        (
+            "KeyHolder.release(fuzzed aggregate)",
+            targets["EncryptedAggregate.from_bytes"]["accepted"],
+        ),
+    ):
+        releases = targets[name]
+        assert releases["cases"] == loaded > 0, name
+        assert releases["accepted"] > 0, name
+        assert releases["errors"].get("IntegrityError", 0) > 0, name
+        assert releases["errors"].get("RoundAlreadyReleasedError", 0) == 0, name
+    assert summary["forged_updates_released"] == 0
+    assert summary["forged_aggregates_released"] == 0
     assert summary["unmutated_aggregate_releases"] is True
     assert summary["sum_intact_after_rejections"] is True
     assert summary["sums_changed_by_a_rejection"] == 0
