@@ -4,52 +4,104 @@ A round has two phases so that privacy spending is recorded exactly when the
 round's aggregate is released::
 
     client = PrivateClient(module=model, optimizer=opt, data_loader=loader,
-                           noise_multiplier=1.0, max_grad_norm=1.0, epsilon_budget=8.0)
+                           target_epsilon=8.0, planned_rounds=20, max_grad_norm=1.0)
     with client.round(global_weights) as batches:    # budget check, load weights
         for x, y in batches:                         # the user's own loop
             ...
-    blob = client.encrypt_update(keys, round_id=r, client_id="a", roster=roster,
+    blob = client.encrypt_update(keys, signing_key=my_key, round_id=r, roster=roster,
                                  weight_bound=1000)
     client.commit_round()     # the aggregate was released: spending is final
     # or client.discard_round() if the round was skipped (nothing was decrypted)
 
-The accountant persists across rounds (and across restarts through
-:meth:`state_dict` / :meth:`save`), and loading new global weights never
-re-attaches Opacus hooks.
+Randomness that protects privacy comes from the operating system's CSPRNG: the DP-SGD
+noise (:mod:`secagg._random`, hardened against floating-point attacks as Opacus's
+``secure_mode`` is) and the Poisson sampling of every batch (a generator seeded from
+the CSPRNG each round: amplification by subsampling assumes nobody knows which
+examples were sampled). Opacus's ``PrivacyEngine`` is not used, so its warning about
+an insecure RNG does not apply. ``randomness="deterministic"`` makes both follow a
+seed given each round: for research runs that must be bit-reproducible only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample.utils import prepare_module
+from opacus.layers import DPMultiheadAttention
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ._files import atomic_write_bytes
+from ._random import secure_normal, secure_seed
 from .errors import (
     CheckpointError,
     ConfigurationError,
     PrivacyBudgetExceededError,
     UpdateValueError,
 )
-from .keys import KeyHolder
+from .keys import KeyMaterial
+from .layers import BatchFirstDPMultiheadAttention
+from .registry import SigningKey
 from .update import encrypt_update
 
-__all__ = ["PrivateClient", "plan_noise_multiplier"]
+__all__ = [
+    "RANDOMNESS",
+    "RDP_ORDERS",
+    "PrivateClient",
+    "ResearchOnlyWarning",
+    "plan_noise_multiplier",
+    "rdp_epsilon",
+]
 
 _ACCOUNTANTS = ("rdp", "prv", "gdp")
+RANDOMNESS = ("secure", "deterministic")
+
+
+class ResearchOnlyWarning(UserWarning):
+    """A setting that makes a run reproducible at the cost of its privacy guarantee."""
+
+
+#: The Rényi orders of secagg's RDP accounting: dense where ε ≈ 1–10 is decided, integer
+#: beyond (Mironov, Talwar and Zhang 2019 give exact integer-order bounds, cheaply).
+RDP_ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, *range(2, 65), 80, 96, 128, 256)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP of one subsampled Gaussian step at every order (cached: pure function)."""
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS)
+    return np.asarray(rdp, dtype=np.float64)
+
+
+def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """ε at ``delta`` of a history of ``(σ, sample rate, steps)`` under the RDP accountant.
+
+    The same composition and conversion as Opacus's ``RDPAccountant.get_epsilon`` with
+    ``alphas=RDP_ORDERS``; each step's RDP is computed once per (σ, q) and cached.
+    """
+    if not history:
+        return 0.0
+    total = sum(int(n) * _rdp_per_step(float(q), float(s)) for s, q, n in history)
+    epsilon, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
+    return float(epsilon)
 
 
 def plan_noise_multiplier(
@@ -57,37 +109,50 @@ def plan_noise_multiplier(
     target_epsilon: float,
     delta: float,
     sample_rate: float,
-    rounds: int,
-    epochs_per_round: int = 1,
+    steps: int,
     accountant: str = "rdp",
     extra_noise_multipliers: Sequence[float] = (),
 ) -> float:
-    """Smallest noise multiplier σ whose whole federated plan stays within ``target_epsilon``.
+    """Smallest noise multiplier σ whose whole plan of DP-SGD steps stays within ``target_epsilon``.
 
-    σ is planned once for ``rounds × epochs_per_round / sample_rate`` DP-SGD steps,
-    not per round. ``extra_noise_multipliers`` adds full-batch Gaussian releases of
-    sensitivity 1 (such as the attention statistics) to the same ledger.
+    Plan with what the client really does: Poisson sampling at ``sample_rate`` (for
+    :class:`PrivateClient`, ``1 / len(data_loader)``) for ``steps`` steps in total (every
+    round of the run, ``len(data_loader)`` steps per local epoch). ``extra_noise_multipliers``
+    adds full-batch Gaussian releases of sensitivity 1 (such as the attention statistics)
+    to the same ledger. The result is within 0.1% above the exact threshold.
 
     Raises
     ------
     ConfigurationError
         If the arguments are out of range or no σ up to 1000 reaches the target.
     """
-    if target_epsilon <= 0 or not 0 < delta < 1 or not 0 < sample_rate <= 1 or rounds < 1:
-        raise ConfigurationError("need target_epsilon > 0, 0 < delta < 1, 0 < q <= 1, rounds >= 1")
-    steps = rounds * epochs_per_round * round(1 / sample_rate)
+    if not (
+        isinstance(target_epsilon, int | float)
+        and math.isfinite(target_epsilon)
+        and target_epsilon > 0
+        and 0 < delta < 1
+        and 0 < sample_rate <= 1
+        and steps >= 1
+    ):
+        raise ConfigurationError("need target_epsilon > 0, 0 < delta < 1, 0 < q <= 1, steps >= 1")
+    if accountant not in _ACCOUNTANTS:
+        raise ConfigurationError(f"accountant must be one of {_ACCOUNTANTS}")
     extras = [(float(s), 1.0, 1) for s in extra_noise_multipliers]
 
     def epsilon_for(sigma: float) -> float:
+        history = [(sigma, sample_rate, int(steps)), *extras]
+        if accountant == "rdp":
+            return rdp_epsilon(history, delta)
         probe = create_accountant(accountant)
-        probe.history = [(sigma, sample_rate, steps), *extras]
+        probe.history = history
         return float(probe.get_epsilon(delta=delta))
 
     low, high = 0.05, 1000.0
     if epsilon_for(high) > target_epsilon:
         raise ConfigurationError(f"ε={target_epsilon} is out of reach for this plan")
-    while high - low > 1e-3 * high:
-        middle = (low + high) / 2
+    # Bisection on log σ: ε(σ) is decreasing; about 20 evaluations to 0.1%.
+    while high / low > 1.001:
+        middle = math.sqrt(low * high)
         if epsilon_for(middle) > target_epsilon:
             low = middle
         else:
@@ -95,17 +160,59 @@ def plan_noise_multiplier(
     return high
 
 
+class _CsprngDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus's DP-SGD optimizer with noise drawn from the OS CSPRNG (or a research seed)."""
+
+    noise_generator: torch.Generator | None = None
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            summed = p.summed_grad
+            _check_processed_flag(summed)
+            if std == 0:
+                noise = torch.zeros_like(summed)
+            elif self.noise_generator is not None:
+                noise = torch.normal(
+                    0.0, std, size=summed.shape, generator=self.noise_generator
+                ).to(summed.dtype)
+            else:
+                noise = torch.from_numpy(std * secure_normal(summed.numel())).to(summed.dtype)
+            p.grad = (summed + noise.view_as(summed)).view_as(p)
+            _mark_as_processed(summed)
+
+
+def _correct_batch_first_attention(module: nn.Module) -> list[str]:
+    """Give every Opacus ``DPMultiheadAttention(batch_first=True)`` the corrected forward.
+
+    Opacus 1.6.0's batch-first forward splices heads of one position into other
+    positions, so the layer computes something other than the ``nn.MultiheadAttention``
+    it replaced. The fix changes the class of each affected layer in place (its
+    parameters, which the user's optimizer holds, stay the same objects).
+    """
+    fixed = []
+    for name, layer in module.named_modules():
+        if type(layer) is DPMultiheadAttention and layer.batch_first:
+            layer.__class__ = BatchFirstDPMultiheadAttention
+            fixed.append(name or "<root>")
+    return fixed
+
+
 class PrivateClient:
     """DP-SGD for one client's model, optimizer and data loader, across federated rounds.
 
     All arguments are keyword-only. Give either ``noise_multiplier`` or
-    ``target_epsilon`` with ``planned_rounds`` (σ is then planned once for all rounds).
+    ``target_epsilon`` with ``planned_rounds`` (σ is then planned once for the whole
+    run, with the sample rate and step count this client really uses).
 
     Parameters
     ----------
     module : torch.nn.Module
-        The user's model (any model Opacus supports). Its parameters are trained in
-        place; Opacus attaches hooks once, without wrapping it.
+        The user's model (any model Opacus supports: run
+        ``opacus.validators.ModuleValidator.fix`` on it first if it has BatchNorm or
+        ``nn.MultiheadAttention``). Trained in place; Opacus hooks attach without
+        wrapping it. Opacus's ``DPMultiheadAttention(batch_first=True)`` layers are
+        corrected in place, with a warning (see :func:`_correct_batch_first_attention`).
     optimizer : torch.optim.Optimizer
         The user's optimizer over ``module``'s parameters.
     data_loader : torch.utils.data.DataLoader
@@ -119,20 +226,26 @@ class PrivateClient:
     planned_rounds : int, optional
         Rounds in the plan (with ``target_epsilon``).
     epochs_per_round : int, optional
-        Local epochs per round (default 1); used for planning and the budget check.
+        Local epochs per round (default 1): each is ``len(data_loader)`` Poisson steps.
     delta : float, optional
         δ of the reported (ε, δ); default ``1e-5``.
     epsilon_budget : float, optional
         Refuse any round that would take ε past this; defaults to ``target_epsilon``.
     max_physical_batch_size : int, optional
-        Cap on the physical batch (Opacus ``BatchMemoryManager``); memory stays bounded
-        whatever the Poisson-sampled logical batch size.
+        Cap on the physical batch (Opacus ``BatchMemoryManager``).
     accountant : {"rdp", "prv", "gdp"}, optional
-        Opacus accountant (default ``"rdp"``).
-    poisson_sampling : bool, optional
-        Poisson sampling of batches (default ``True``; required for the stated ε).
-    noise_seed : int, optional
-        Seed for the DP noise, for reproducible research runs only.
+        Opacus accountant (default ``"rdp"``, evaluated at :data:`RDP_ORDERS`).
+    extra_noise_multipliers : sequence of float, optional
+        Full-batch Gaussian releases planned on top of training (the attention analysis).
+    randomness : {"secure", "deterministic"}, optional
+        ``"secure"`` (default): noise and batch sampling from the OS CSPRNG.
+        ``"deterministic"``: from the seed given to :meth:`round` (research only: whoever
+        knows the seed can remove the noise; a :class:`ResearchOnlyWarning` says so).
+
+    Raises
+    ------
+    ConfigurationError
+        On invalid arguments or a model Opacus cannot train privately.
     """
 
     def __init__(
@@ -150,12 +263,18 @@ class PrivateClient:
         epsilon_budget: float | None = None,
         max_physical_batch_size: int | None = None,
         accountant: str = "rdp",
-        poisson_sampling: bool = True,
-        noise_seed: int | None = None,
+        extra_noise_multipliers: Sequence[float] = (),
+        randomness: str = "secure",
     ) -> None:
+        if not isinstance(module, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigurationError("module must be a torch.nn.Module and optimizer an Optimizer")
+        if not isinstance(data_loader, DataLoader):
+            raise ConfigurationError("data_loader must be a torch DataLoader")
         if accountant not in _ACCOUNTANTS:
             raise ConfigurationError(f"accountant must be one of {_ACCOUNTANTS}")
-        if max_grad_norm <= 0 or not 0 < delta < 1 or epochs_per_round < 1:
+        if randomness not in RANDOMNESS:
+            raise ConfigurationError(f"randomness must be one of {RANDOMNESS}")
+        if not _positive(max_grad_norm) or not 0 < delta < 1 or not _count(epochs_per_round):
             raise ConfigurationError("need max_grad_norm > 0, 0 < delta < 1, epochs_per_round >= 1")
         num_examples = len(data_loader.dataset)  # type: ignore[arg-type]
         if num_examples == 0 or len(data_loader) == 0:
@@ -164,18 +283,20 @@ class PrivateClient:
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ConfigurationError("give exactly one of noise_multiplier or target_epsilon")
         if target_epsilon is not None:
-            if planned_rounds is None:
-                raise ConfigurationError("target_epsilon needs planned_rounds")
+            if planned_rounds is None or not _count(planned_rounds):
+                raise ConfigurationError("target_epsilon needs planned_rounds (an int >= 1)")
             noise_multiplier = plan_noise_multiplier(
                 target_epsilon=target_epsilon,
                 delta=delta,
                 sample_rate=sample_rate,
-                rounds=planned_rounds,
-                epochs_per_round=epochs_per_round,
+                steps=planned_rounds * epochs_per_round * len(data_loader),
                 accountant=accountant,
+                extra_noise_multipliers=extra_noise_multipliers,
             )
-        if noise_multiplier is None or noise_multiplier < 0:
-            raise ConfigurationError("noise_multiplier must be non-negative")
+        if noise_multiplier is None or not math.isfinite(noise_multiplier) or noise_multiplier < 0:
+            raise ConfigurationError("noise_multiplier must be a non-negative number")
+        if epsilon_budget is not None and not _positive(epsilon_budget):
+            raise ConfigurationError("epsilon_budget must be positive")
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.delta = float(delta)
@@ -184,52 +305,90 @@ class PrivateClient:
         self.max_physical_batch_size = max_physical_batch_size
         self.num_examples = int(num_examples)
         self.sample_rate = sample_rate
+        self.randomness = randomness
+        if randomness == "deterministic":
+            warnings.warn(
+                "PrivateClient(randomness='deterministic'): DP noise and batch sampling follow "
+                "the seed passed to round(); whoever knows it can remove the noise. Research "
+                "runs only.",
+                ResearchOnlyWarning,
+                stacklevel=2,
+            )
         self.module = module
-        self._engine = PrivacyEngine(accountant=accountant)
-        generator = None
-        if noise_seed is not None:
-            generator = torch.Generator().manual_seed(noise_seed)
-        self._hooks, self.optimizer, self.data_loader = self._engine.make_private(
-            module=module,
-            optimizer=optimizer,
-            data_loader=data_loader,
+        fixed = _correct_batch_first_attention(module)
+        if fixed:
+            warnings.warn(
+                "Opacus 1.6's DPMultiheadAttention(batch_first=True) mixes heads across "
+                f"positions; secagg replaced its forward pass in {', '.join(fixed)} (same "
+                "parameters, now equal to torch.nn.MultiheadAttention)",
+                UserWarning,
+                stacklevel=2,
+            )
+        errors = ModuleValidator.validate(module, strict=False)
+        if errors:
+            listed = "; ".join(str(e) for e in errors[:3])
+            raise ConfigurationError(
+                f"Opacus cannot train this model privately: {listed}. Run "
+                "`model = opacus.validators.ModuleValidator.fix(model)` before creating the "
+                "optimizer and the PrivateClient"
+            )
+        self._hooks = prepare_module(
+            module,
+            grad_sample_mode="hooks",
+            wrap_model=False,
+            batch_first=True,
+            loss_reduction="mean",
+        )
+        self._hooks.forbid_grad_accumulation()
+        self.data_loader = DPDataLoader.from_data_loader(data_loader, generator=torch.Generator())
+        self.optimizer = _CsprngDPOptimizer(
+            optimizer,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
-            poisson_sampling=poisson_sampling,
-            noise_generator=generator,
-            wrap_model=False,
+            expected_batch_size=int(num_examples * sample_rate),
+            loss_reduction="mean",
         )
+        self._accountant_name = accountant
+        self._accountant = create_accountant(accountant)
+        self.optimizer.attach_step_hook(self._accountant.get_optimizer_hook_fn(sample_rate))
         self._global: dict[str, torch.Tensor] | None = None
         self._ledger_before_round: dict[str, Any] | None = None
+        self._update_encrypted = False
         self.rounds_committed = 0
 
     # ------------------------------------------------------------------ accounting
     @property
     def accountant(self) -> Any:
         """The Opacus accountant holding this client's committed (and pending) steps."""
-        return self._engine.accountant
+        return self._accountant
 
     @property
     def steps_per_round(self) -> int:
-        """DP-SGD steps one round takes (logical batches)."""
-        return self.epochs_per_round * round(1 / self.sample_rate)
+        """DP-SGD steps one round takes (Poisson-sampled logical batches)."""
+        return self.epochs_per_round * len(self.data_loader)
 
     @property
     def round_pending(self) -> bool:
         """Whether a trained round awaits :meth:`commit_round` or :meth:`discard_round`."""
         return self._ledger_before_round is not None
 
+    def _epsilon_of(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
+        if not history:
+            return 0.0
+        if self._accountant_name == "rdp":
+            return rdp_epsilon(history, delta)
+        probe = create_accountant(self._accountant_name)
+        probe.history = list(history)
+        return float(probe.get_epsilon(delta=delta))
+
     def epsilon(self, delta: float | None = None) -> float:
         """ε spent so far at ``delta`` (default: the client's δ), pending steps included."""
-        if len(self.accountant.history) == 0:
-            return 0.0
-        return float(self.accountant.get_epsilon(delta=delta or self.delta))
+        return self._epsilon_of(self.accountant.history, delta or self.delta)
 
     def epsilon_after_next_round(self) -> float:
         """ε this client would reach after one more round (nothing is changed)."""
-        probe = copy.deepcopy(self.accountant)
-        probe.history.append((self.noise_multiplier, self.sample_rate, self.steps_per_round))
-        return float(probe.get_epsilon(delta=self.delta))
+        planned = (self.noise_multiplier, self.sample_rate, self.steps_per_round)
+        return self._epsilon_of([*self.accountant.history, planned], self.delta)
 
     # ------------------------------------------------------------------ rounds
     def load_global(self, global_state: Mapping[str, torch.Tensor]) -> None:
@@ -242,19 +401,42 @@ class PrivateClient:
             if p.requires_grad
         }
 
+    def _seed_round(self, seed: int | None) -> None:
+        """Seed this round's batch sampling and noise: CSPRNG, or the research seed."""
+        if self.randomness == "secure":
+            if seed is not None:
+                raise ConfigurationError(
+                    "a seed makes DP noise predictable: pass one only with "
+                    "randomness='deterministic'"
+                )
+            self.data_loader.batch_sampler.generator.manual_seed(secure_seed())
+            self.optimizer.noise_generator = None
+            return
+        if seed is None:
+            raise ConfigurationError("randomness='deterministic' needs a seed for every round")
+        self.data_loader.batch_sampler.generator.manual_seed(seed)
+        self.optimizer.noise_generator = torch.Generator().manual_seed(seed + 1)
+
     @contextlib.contextmanager
-    def round(self, global_state: Mapping[str, torch.Tensor]) -> Iterator[Iterator[Any]]:
+    def round(
+        self, global_state: Mapping[str, torch.Tensor], *, seed: int | None = None
+    ) -> Iterator[Iterator[Any]]:
         """Start a round: check the ε budget, load the global weights, yield the batches.
+
+        Every Poisson-sampled batch must be stepped, empty ones included (an empty
+        batch is a noise-only step, and the accountant counts it).
 
         Raises
         ------
         PrivacyBudgetExceededError
             If the round would pass ``epsilon_budget``; model and ledger are unchanged.
         ConfigurationError
-            If the previous round was neither committed nor discarded.
+            If the previous round was neither committed nor discarded, or ``seed`` does
+            not fit the client's ``randomness``.
         """
         if self.round_pending:
             raise ConfigurationError("commit_round() or discard_round() the previous round first")
+        self._seed_round(seed)
         if self.epsilon_budget is not None:
             projected = self.epsilon_after_next_round()
             if projected > self.epsilon_budget:
@@ -264,7 +446,9 @@ class PrivateClient:
                 )
         ledger = copy.deepcopy(self.accountant.state_dict())
         self.load_global(global_state)
-        self._reset_optimizer_state()
+        self._update_encrypted = False
+        self.optimizer.original_optimizer.state.clear()
+        self.optimizer.zero_grad(set_to_none=True)
         self._ledger_before_round = ledger
         self.module.train()
         try:
@@ -287,10 +471,6 @@ class PrivateClient:
         ) as loader:
             yield _repeat(loader, epochs)
 
-    def _reset_optimizer_state(self) -> None:
-        self.optimizer.original_optimizer.state.clear()
-        self.optimizer.zero_grad(set_to_none=True)
-
     def commit_round(self) -> float:
         """Make the pending round's spending final (its aggregate was released); return ε."""
         if not self.round_pending:
@@ -305,14 +485,17 @@ class PrivateClient:
             self.accountant.load_state_dict(self._ledger_before_round)
             self._ledger_before_round = None
 
-    def release_noisy_sum(self, rows: torch.Tensor, *, noise_multiplier: float) -> torch.Tensor:
+    def release_noisy_sum(
+        self, rows: torch.Tensor, *, noise_multiplier: float, seed: int | None = None
+    ) -> torch.Tensor:
         """Sum per-example statistics with the Gaussian mechanism, counted in this ledger.
 
         Each row is one local example's statistic (e.g. its attention weights) and must
         have L2 norm at most 1, so one example changes the sum by at most 1 (never
-        clipped: a larger row is an error). The noise ``N(0, σ²)`` is added to each
-        coordinate and the release enters the ledger as one full-batch Gaussian step
-        (``sample_rate = 1``), composing exactly with the DP-SGD steps.
+        clipped: a larger row is an error). The noise ``N(0, σ²)`` per coordinate comes
+        from the OS CSPRNG (from ``seed`` with ``randomness="deterministic"``), and the
+        release enters the ledger as one full-batch Gaussian step (``sample_rate = 1``).
+        Settle it with :meth:`commit_round` or :meth:`discard_round`.
 
         Raises
         ------
@@ -321,17 +504,20 @@ class PrivateClient:
         PrivacyBudgetExceededError
             If the release would pass ``epsilon_budget`` (nothing is changed).
         """
-        if noise_multiplier <= 0:
+        if not _positive(noise_multiplier):
             raise ConfigurationError("noise_multiplier must be positive")
         if self.round_pending:
             raise ConfigurationError("commit_round() or discard_round() the previous round first")
+        if (seed is None) != (self.randomness == "secure"):
+            raise ConfigurationError("pass a seed exactly when randomness='deterministic'")
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 2:
+            raise UpdateValueError("rows must be a 2-D tensor (one row per example)")
         norms = rows.detach().double().norm(dim=1)
         if not torch.isfinite(norms).all() or (norms.numel() and float(norms.max()) > 1.0 + 1e-6):
             raise UpdateValueError("each row's L2 norm must be at most 1 (sensitivity bound)")
         if self.epsilon_budget is not None:
-            probe = copy.deepcopy(self.accountant)
-            probe.history.append((noise_multiplier, 1.0, 1))
-            projected = float(probe.get_epsilon(delta=self.delta))
+            release = (float(noise_multiplier), 1.0, 1)
+            projected = self._epsilon_of([*self.accountant.history, release], self.delta)
             if projected > self.epsilon_budget:
                 raise PrivacyBudgetExceededError(
                     f"this release would raise ε to {projected:.3f}, past the budget "
@@ -340,7 +526,12 @@ class PrivateClient:
         self._ledger_before_round = copy.deepcopy(self.accountant.state_dict())
         self.accountant.history.append((noise_multiplier, 1.0, 1))
         total = rows.detach().double().sum(dim=0)
-        return total + noise_multiplier * torch.randn(total.shape, dtype=torch.float64)
+        if seed is None:
+            noise = torch.from_numpy(secure_normal(total.numel())).reshape(total.shape)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn(total.shape, dtype=torch.float64, generator=generator)
+        return total + noise_multiplier * noise
 
     # ------------------------------------------------------------------ update
     def model_update(self) -> dict[str, torch.Tensor]:
@@ -355,25 +546,39 @@ class PrivateClient:
 
     def encrypt_update(
         self,
-        keys: KeyHolder,
+        keys: KeyMaterial,
         *,
+        signing_key: SigningKey,
         round_id: int,
-        client_id: str,
         roster: Sequence[str],
         weight_bound: float,
-        signing_key: Ed25519PrivateKey | None = None,
     ) -> bytes:
-        """Encrypt this round's update, weighted by the number of local examples."""
-        return encrypt_update(
+        """Encrypt, MAC-tag and sign this round's update, weighted by the local example count.
+
+        Once per round: the same update encrypted for two rosters or rounds would let a
+        server subtract one released sum from another.
+
+        Raises
+        ------
+        ConfigurationError
+            If this round's update was already encrypted.
+        """
+        if self._update_encrypted:
+            raise ConfigurationError(
+                "this round's update was already encrypted; encrypting it again (for another "
+                "roster or round) would let a server difference the two sums"
+            )
+        payload = encrypt_update(
             keys,
             self.model_update(),
+            signing_key=signing_key,
             round_id=round_id,
-            client_id=client_id,
             roster=roster,
             weight=float(self.num_examples),
             weight_bound=weight_bound,
-            signing_key=signing_key,
         )
+        self._update_encrypted = True
+        return payload
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
@@ -426,6 +631,19 @@ class PrivateClient:
     def close(self) -> None:
         """Detach Opacus hooks from the user's module."""
         self._hooks.cleanup()
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _repeat(loader: Any, epochs: int) -> Iterator[Any]:
