@@ -1,25 +1,65 @@
-"""Round protocols and engines: the in-process federation (and Flower, with the extra)."""
+"""The federation application: datasets, recipes, the round coordinator and its two engines.
+
+- :class:`Federation` runs a whole federation in one process (research, CI);
+- :mod:`secagg.protocols.flower` runs the same rounds on Flower (the ``flower`` extra);
+- both drive one :class:`~secagg.protocols.coordinator.RoundCoordinator`.
+
+Names resolve on first use (PEP 562), so importing this package is cheap.
+"""
 
 from __future__ import annotations
 
-from .aggregation import AggregationBackend, EncryptedBackend, PlaintextBackend
-from .attention import AttentionMap
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import FederationConfig
-from .federation import Federation, RoundMetrics, RunResult
-from .server_opt import ServerOptimizer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .attention import AttentionMap
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .config import FederationConfig, default_config
+    from .coordinator import RoundCoordinator
+    from .inprocess import Federation, RunResult
+    from .roundlog import RoundMetrics
+    from .server_opt import ServerOptimizer
+
+_EXPORTS: dict[str, str] = {
+    "AttentionMap": ".attention",
+    "Checkpoint": ".checkpoint",
+    "Federation": ".inprocess",
+    "FederationConfig": ".config",
+    "RoundCoordinator": ".coordinator",
+    "RoundMetrics": ".roundlog",
+    "RunResult": ".inprocess",
+    "ServerOptimizer": ".server_opt",
+    "default_config": ".config",
+    "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+}
 
 __all__ = [
-    "AggregationBackend",
     "AttentionMap",
     "Checkpoint",
-    "EncryptedBackend",
     "Federation",
     "FederationConfig",
-    "PlaintextBackend",
+    "RoundCoordinator",
     "RoundMetrics",
     "RunResult",
     "ServerOptimizer",
+    "default_config",
     "load_checkpoint",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` on first use (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Public names, including those not imported yet."""
+    return sorted({*globals(), *__all__})

@@ -1,52 +1,73 @@
 """Privacy-preserving attention analysis: DP-noised, securely aggregated attention maps.
 
-Each client sums its examples' attention weights under the final global model
-(one row per example, each a probability vector, so L2 norm <= 1 and one
-example moves the sum by at most 1), adds Gaussian noise through its own privacy
-ledger (:meth:`secagg.PrivateClient.release_noisy_sum`), and sends the noisy sum
-through the same aggregation backend as the model updates, weighted by its
+After the last training round, each client sums its examples' attention weights under
+the final global model (one probability row per example: L2 norm <= 1, so one example
+moves the sum by at most 1), adds Gaussian noise through its own privacy ledger
+(:meth:`secagg.PrivateClient.release_noisy_sum`, noise from the OS CSPRNG), and sends
+the noisy sum through the same aggregation as the model updates, weighted by its
 example count. The key holder releases only the federation-wide mean map.
+
+With ``K`` contributors holding ``N`` examples in all and noise σ per client, each unit
+of the released mean carries noise of standard deviation ``sqrt(K)·σ / N``: the map
+reports it, and its ratio to the spread of the map across units.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..client import PrivateClient
-from ..errors import (
-    AggregationError,
-    ConfigurationError,
-    NotEnoughClientsError,
-    PayloadError,
-    PrivacyBudgetExceededError,
-    ReleaseError,
-)
-from .local import derive_seed
+from ..errors import ConfigurationError, PrivacyBudgetExceededError
+from .backends import PayloadMaker
+from .local import LocalClient
+from .roundlog import ClientReport, RoundPlan
 
-if TYPE_CHECKING:
-    from .federation import Federation
-
-__all__ = ["AttentionMap", "federated_attention"]
+__all__ = ["AttentionMap", "attention_round", "local_attention_rows"]
 
 
 @dataclass(frozen=True)
 class AttentionMap:
-    """Federation-wide mean attention per unit (feature, token position or patch)."""
+    """Federation-wide mean attention per unit (feature, token position or patch).
+
+    Attributes
+    ----------
+    unit_names : tuple of str
+        What each unit is.
+    weights : tuple of float
+        The released mean attention per unit (empty if nothing was released).
+    contributors : tuple of str
+        Clients whose statistics are in the map.
+    noise_multiplier : float or None
+        σ of each client's Gaussian noise (``None`` without DP).
+    noise_std : float
+        Standard deviation of the DP noise on each released unit.
+    note : str
+        Why the map is empty, or who declined.
+    """
 
     unit_names: tuple[str, ...]
     weights: tuple[float, ...]
     contributors: tuple[str, ...]
     noise_multiplier: float | None
+    noise_std: float = 0.0
     note: str = ""
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` units with the most attention, highest first."""
         order = np.argsort(self.weights)[::-1][:k]
         return [(self.unit_names[i], self.weights[i]) for i in order]
+
+    @property
+    def noise_to_signal(self) -> float:
+        """The noise's standard deviation over the spread (std) of the map across units."""
+        spread = float(np.std(self.weights)) if self.weights else 0.0
+        return self.noise_std / spread if spread > 0 else math.inf
 
 
 @torch.no_grad()
@@ -60,80 +81,50 @@ def local_attention_rows(model: torch.nn.Module, inputs: torch.Tensor) -> torch.
     return torch.cat(rows).double()
 
 
-def federated_attention(federation: Federation) -> AttentionMap:
-    """Run the analysis round on every client with the final global model."""
-    config = federation.config
-    dataset = federation.dataset
-    round_id = config.rounds + 1  # the analysis is the round after the last training round
-    roster = list(federation.client_ids)
-    sigma = config.attention_noise_multiplier if config.dp else None
-    payloads: list[bytes] = []
-    declined: list[str] = []
-    for index, (cid, client) in enumerate(zip(roster, federation.clients, strict=True)):
-        idx = torch.as_tensor(federation.partitions[index])
-        client.module.load_state_dict(federation.global_state)
-        torch.manual_seed(derive_seed(config.seed, "attention", index))
-        rows = local_attention_rows(client.module, dataset.x_train[idx])
-        if isinstance(client, PrivateClient) and sigma is not None:
-            try:
-                total = client.release_noisy_sum(rows, noise_multiplier=sigma)
-            except PrivacyBudgetExceededError:
-                declined.append(cid)
-                continue
-        else:
-            total = rows.sum(dim=0)
-        mean = (total / len(idx)).float()
-        payloads.append(
-            federation.backend.client_payload(
-                {"attention": mean},
-                weight=float(len(idx)),
-                weight_bound=federation.weight_bound,
-                round_id=round_id,
-                client_id=cid,
-                roster=roster,
-            )
-        )
-    server = federation.backend.server(
-        round_id=round_id, roster=roster, min_clients=config.min_clients
-    )
-    for payload in payloads:
+def attention_round(
+    client: LocalClient | PrivateClient,
+    payloads: PayloadMaker,
+    *,
+    client_id: str,
+    plan: RoundPlan,
+    global_state: Mapping[str, torch.Tensor],
+    inputs: torch.Tensor,
+    weight_bound: float,
+    noise_multiplier: float | None,
+    seed: int | None,
+) -> ClientReport:
+    """One client's part of the analysis round: its noisy attention sum as a payload.
+
+    With DP the release is pending in the client's ledger until the round is settled.
+    """
+    epsilon_before = client.epsilon()
+    start = time.perf_counter()
+    client.module.load_state_dict(dict(global_state))
+    rows = local_attention_rows(client.module, inputs)
+    if isinstance(client, PrivateClient) and noise_multiplier is not None:
         try:
-            server.add(payload)
-        except (PayloadError, AggregationError):
-            continue
-    contributors = set(server.contributors)
-    try:
-        aggregate = server.finalize()
-    except NotEnoughClientsError as exc:
-        _settle(federation, contributors=set())
-        return _empty(dataset.unit_names, sigma, f"skipped: {exc}")
-    _settle(federation, contributors=contributors)
-    federation.write_checkpoint(federation.rounds_completed)  # write-ahead, as for training
-    try:
-        released = federation.backend.release(aggregate)
-    except ReleaseError as exc:
-        return _empty(dataset.unit_names, sigma, f"not released: {exc}")
-    weights = released.mean["attention"].double().numpy()
-    note = f"over budget: {', '.join(declined)}" if declined else ""
-    return AttentionMap(
-        unit_names=tuple(dataset.unit_names),
-        weights=tuple(float(w) for w in weights),
-        contributors=released.contributors,
-        noise_multiplier=sigma,
-        note=note,
+            total = client.release_noisy_sum(rows, noise_multiplier=noise_multiplier, seed=seed)
+        except PrivacyBudgetExceededError as exc:
+            return ClientReport(
+                client_id, "declined", None, epsilon_before, epsilon_before, note=str(exc)
+            )
+    else:
+        total = rows.sum(dim=0)
+    computed = time.perf_counter()
+    payload = payloads.payload(
+        {"attention": (total / len(inputs)).float()},
+        weight=float(len(inputs)),
+        weight_bound=weight_bound,
+        round_id=plan.aggregation_round,
+        roster=plan.roster,
     )
-
-
-def _settle(federation: Federation, *, contributors: set[str]) -> None:
-    """Commit the contributors' releases, discard the rest (as for a training round)."""
-    for cid, client in zip(federation.client_ids, federation.clients, strict=True):
-        if not isinstance(client, PrivateClient) or not client.round_pending:
-            continue
-        if cid in contributors:
-            client.commit_round()
-        else:
-            client.discard_round()
-
-
-def _empty(units: tuple[str, ...], sigma: float | None, note: str) -> AttentionMap:
-    return AttentionMap(tuple(units), (), (), sigma, note)
+    return ClientReport(
+        client_id,
+        "trained",
+        payload,
+        epsilon_before,
+        client.epsilon(),
+        train_seconds=computed - start,
+        encrypt_seconds=time.perf_counter() - computed,
+        payload_bytes=len(payload),
+    )

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,16 @@ from ..errors import ConfigurationError, SecaggError
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one clean line and exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        """Print ``secagg: error: message`` and exit 2 (no usage dump)."""
+        self.exit(2, f"secagg: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="secagg",
         description="Federated training of attention models with DP-SGD and CKKS-encrypted "
         "secure aggregation.",
@@ -38,7 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
     run.add_argument("--min-clients", type=int, help="fewest updates for a round to complete")
     privacy = run.add_mutually_exclusive_group()
-    privacy.add_argument("--epsilon", type=float, help="target ε for the whole run (plans σ)")
+    privacy.add_argument(
+        "--epsilon", type=float, help="target ε per client for the whole run (default 8)"
+    )
     privacy.add_argument("--noise-multiplier", type=float, help="DP-SGD noise multiplier σ")
     run.add_argument("--clip", type=float, help="per-sample clipping norm C")
     run.add_argument("--delta", type=float, help="δ of the reported (ε, δ)")
@@ -66,6 +75,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-he", action="store_true", help="plaintext aggregation (baseline)")
     run.add_argument("--no-dp", action="store_true", help="no DP-SGD (baseline)")
     run.add_argument("--no-attention", action="store_true", help="skip the attention analysis")
+    run.add_argument(
+        "--insecure-deterministic",
+        action="store_true",
+        help="RESEARCH ONLY: DP noise and batch sampling from the run seed (bit-reproducible "
+        "runs; whoever knows the seed can remove the noise)",
+    )
     run.add_argument("--out", type=Path, help="output directory (default: runs/<dataset>-<time>)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped run in DIR")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -75,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from .recipes import DEFAULT_DATASET, default_config
+    from .config import default_config
 
     values: dict[str, Any] = {}
     options = {
@@ -98,22 +113,34 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     }
     values.update({k: v for k, v in options.items() if v is not None})
     if args.dirichlet_alpha is not None:
-        alpha = args.dirichlet_alpha
-        values["dirichlet_alpha"] = None if alpha.lower() == "iid" else float(alpha)
+        values["dirichlet_alpha"] = _alpha(args.dirichlet_alpha)
     if args.model_arg:
         values["model_overrides"] = dict(_parse_model_arg(a) for a in args.model_arg)
     values["he"] = not args.no_he
     values["dp"] = not args.no_dp
     values["attention_analysis"] = not args.no_attention
+    values["insecure_deterministic"] = args.insecure_deterministic
     if args.epsilon is not None:
         values["epsilon"] = args.epsilon
         values["noise_multiplier"] = None
     elif args.noise_multiplier is not None:
         values["noise_multiplier"] = args.noise_multiplier
+        values["epsilon"] = None
     if args.no_dp:
         values["noise_multiplier"] = None
         values["epsilon"] = None
-    return default_config(str(args.dataset or DEFAULT_DATASET), **values)
+    return default_config(args.dataset, **values)
+
+
+def _alpha(text: str) -> float | None:
+    if text.strip().lower() == "iid":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"--dirichlet-alpha expects a positive number or 'iid', got {text!r}"
+        ) from None
 
 
 def _parse_model_arg(text: str) -> tuple[str, int]:
@@ -129,8 +156,10 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from . import Federation, FederationConfig, RoundMetrics
+    from .config import FederationConfig
+    from .inprocess import Federation
     from .report import write_report
+    from .roundlog import RoundMetrics
 
     torch.set_num_threads(max(1, args.threads))
     console = Console(stderr=False, quiet=args.quiet)
@@ -145,12 +174,26 @@ def _run(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_dir = args.out or Path("runs") / f"{config.dataset}-{stamp}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigurationError(f"--out {out_dir} exists and is not a directory")
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise ConfigurationError(
+                f"--out {out_dir} is not empty; choose a new directory or --resume it"
+            )
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 
     mode = (
         f"{'CKKS ' + config.preset if config.he else 'plaintext'}, {'DP' if config.dp else 'no DP'}"
     )
+    if config.insecure_deterministic:
+        console.print(
+            "[bold red]research-only deterministic mode:[/bold red] DP noise and batch "
+            "sampling follow the run seed; whoever knows it can remove the noise"
+        )
     console.print(
         f"[bold]secagg run[/bold] {config.dataset}: {config.clients} clients, "
         f"{config.rounds} rounds, {mode} → {out_dir}"
@@ -175,8 +218,11 @@ def _run(args: argparse.Namespace) -> int:
 
         start = time.perf_counter()
         federation = Federation(config, out_dir=out_dir, on_round=on_round)
-        if federation.noise_multiplier is not None:
-            console.print(f"DP-SGD noise multiplier σ = {federation.noise_multiplier:.4f}")
+        sigmas = federation.noise_multipliers
+        if sigmas:
+            low, high = min(sigmas.values()), max(sigmas.values())
+            target = f" for ε = {config.epsilon} over the run" if config.epsilon else ""
+            console.print(f"DP-SGD noise multiplier σ = {low:.3f}–{high:.3f} per client{target}")
         result = federation.run(resume=args.resume is not None)
         progress.update(task, completed=federation.rounds_completed)
         elapsed = time.perf_counter() - start
@@ -214,8 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    warnings.filterwarnings("ignore", module="opacus")
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     try:
         return _run(args)
     except SecaggError as exc:

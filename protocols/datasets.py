@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 
 from ..errors import ConfigurationError, DatasetUnavailableError
+from .defaults import DATASET_NAMES
 from .text import HashingTokenizer
 
 __all__ = [
@@ -59,15 +60,6 @@ __all__ = [
 
 DatasetKind = Literal["tabular", "text", "image"]
 
-#: Names accepted by :func:`load_dataset`, in a stable order.
-DATASET_NAMES: tuple[str, ...] = (
-    "digits",
-    "breast_cancer",
-    "mnist",
-    "bbc_news",
-    "rotten_tomatoes",
-    "german_credit",
-)
 
 # Default model class (in secagg.models) for each kind of dataset.
 _MODEL_CLASSES: Mapping[str, str] = MappingProxyType(

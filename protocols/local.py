@@ -1,9 +1,19 @@
-"""Client-side pieces of the in-process federation: local training and evaluation."""
+"""A client's side of a round, the same in both engines: train, make the payload, report.
+
+:func:`client_round` is what a client does when the coordinator sends it a round
+(:class:`~secagg.protocols.roundlog.RoundPlan`): check its budget, train locally
+(DP-SGD through :class:`secagg.PrivateClient`, or the non-private baseline), turn the
+weighted update into a payload with its :class:`~secagg.protocols.backends.PayloadMaker`,
+and obey the round's simulated dropout. Its privacy spending stays pending until the
+engine settles the round.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -12,13 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..client import PrivateClient
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PrivacyBudgetExceededError
+from .backends import PayloadMaker
+from .roundlog import ClientReport, RoundPlan
 
 __all__ = [
     "LocalClient",
     "NonPrivateClient",
+    "client_round",
     "derive_seed",
-    "evaluate",
     "make_loader",
     "make_optimizer",
     "train_round",
@@ -32,7 +44,7 @@ class LocalClient(Protocol):
     optimizer: Any
     num_examples: int
 
-    def round(self, global_state: Mapping[str, torch.Tensor]) -> Any:
+    def round(self, global_state: Mapping[str, torch.Tensor], *, seed: int | None = None) -> Any:
         """Context manager: load weights, yield batches."""
         ...
 
@@ -52,13 +64,21 @@ class LocalClient(Protocol):
         """ε spent so far."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger, JSON-serializable."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
 
 class NonPrivateClient:
-    """The ``--no-dp`` baseline: the same round interface, no noise, ε = ∞.
+    """The ``--no-dp`` baseline: the best honest non-private local training, ε = ∞.
 
-    With ``max_grad_norm`` the batch gradient is clipped to that norm (no per-sample
-    clipping, no noise), so the baseline differs from DP-SGD by exactly the privacy
-    mechanism and not by the step size.
+    Shuffled mini-batches (the order follows the round's seed), ``epochs_per_round``
+    local epochs, the optimizer as given, and no clipping unless ``max_grad_norm`` is
+    set: it is ordinary federated training, not DP-SGD without noise.
     """
 
     def __init__(
@@ -67,25 +87,33 @@ class NonPrivateClient:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         data_loader: DataLoader[Any],
+        epochs_per_round: int = 1,
         max_grad_norm: float | None = None,
     ) -> None:
+        if epochs_per_round < 1:
+            raise ConfigurationError("epochs_per_round must be at least 1")
         self.module = module
         self.max_grad_norm = max_grad_norm
         self.optimizer = optimizer
         self.data_loader = data_loader
+        self.epochs_per_round = epochs_per_round
         self.num_examples = len(data_loader.dataset)  # type: ignore[arg-type]
         self._global: dict[str, torch.Tensor] = {}
         self.rounds_committed = 0
 
     @contextlib.contextmanager
-    def round(self, global_state: Mapping[str, torch.Tensor]) -> Iterator[Iterator[Any]]:
-        """Load the global weights and yield one epoch of batches."""
+    def round(
+        self, global_state: Mapping[str, torch.Tensor], *, seed: int | None = None
+    ) -> Iterator[Iterator[Any]]:
+        """Load the global weights and yield ``epochs_per_round`` epochs of batches."""
         with torch.no_grad():
             self.module.load_state_dict(dict(global_state))
         self._global = {n: p.detach().clone() for n, p in self.module.named_parameters()}
         self.optimizer.state.clear()
+        if seed is not None and self.data_loader.generator is not None:
+            self.data_loader.generator.manual_seed(seed)
         self.module.train()
-        yield iter(self.data_loader)
+        yield (batch for _ in range(self.epochs_per_round) for batch in self.data_loader)
 
     def clip_gradients(self) -> None:
         """Clip the batch gradient to ``max_grad_norm`` (if set)."""
@@ -143,13 +171,25 @@ def make_loader(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int)
 
 
 def train_round(
-    client: LocalClient | PrivateClient, global_state: Mapping[str, torch.Tensor]
+    client: LocalClient | PrivateClient,
+    global_state: Mapping[str, torch.Tensor],
+    *,
+    seed: int | None = None,
 ) -> float:
-    """Run one round of the client's local training loop; return the mean batch loss."""
+    """Run one round of the client's local training loop; return the mean batch loss.
+
+    A DP client steps every Poisson-sampled batch, empty ones included (a noise-only
+    step that the accountant counts); skipping them would reveal that no example was
+    sampled. ``seed`` orders the baseline's batches, and is given to a DP client only in
+    its research-only deterministic mode.
+    """
     losses: list[float] = []
-    with client.round(global_state) as batches:
+    private = isinstance(client, PrivateClient)
+    with client.round(global_state, seed=seed) as batches, warnings.catch_warnings():
+        # An empty Poisson batch makes torch warn that no input requires a gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for inputs, labels in batches:
-            if len(labels) == 0:  # Poisson sampling can draw an empty batch
+            if len(labels) == 0 and not private:
                 continue
             client.optimizer.zero_grad()
             loss = nn.functional.cross_entropy(client.module(inputs), labels)
@@ -157,21 +197,59 @@ def train_round(
             if isinstance(client, NonPrivateClient):
                 client.clip_gradients()
             client.optimizer.step()
-            losses.append(float(loss.detach()))
+            if len(labels):
+                losses.append(float(loss.detach()))
     return sum(losses) / max(1, len(losses))
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512
-) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``."""
-    model.eval()
-    correct = 0
-    loss_sum = 0.0
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
-        labels = y[start : start + batch_size]
-        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == labels).sum())
-    return correct / len(y), loss_sum / len(y)
+def client_round(
+    client: LocalClient | PrivateClient,
+    payloads: PayloadMaker,
+    *,
+    client_id: str,
+    plan: RoundPlan,
+    global_state: Mapping[str, torch.Tensor],
+    weight_bound: float,
+    seed: int | None,
+) -> ClientReport:
+    """One client's round: train, make the payload, apply the plan's simulated dropout.
+
+    The round's spending stays pending on the client (settle it with
+    ``commit_round``/``discard_round``); a client over its ε budget declines and
+    changes nothing.
+    """
+    epsilon_before = client.epsilon()
+    start = time.perf_counter()
+    try:
+        loss = train_round(client, global_state, seed=seed)
+    except PrivacyBudgetExceededError as exc:
+        return ClientReport(
+            client_id, "declined", None, epsilon_before, epsilon_before, note=str(exc)
+        )
+    trained = time.perf_counter()
+    made = payloads.payload(
+        client.model_update(),
+        weight=float(client.num_examples),
+        weight_bound=weight_bound,
+        round_id=plan.aggregation_round,
+        roster=plan.roster,
+    )
+    encrypted = time.perf_counter()
+    size = len(made)
+    dropout = plan.dropouts.get(client_id)
+    payload: bytes | None = made
+    if dropout == "silent":
+        payload = None
+    elif dropout == "truncate":  # killed mid-upload: half a payload arrives
+        payload = made[: size // 2]
+    return ClientReport(
+        client_id,
+        "trained",
+        payload,
+        epsilon_before,
+        client.epsilon(),
+        loss=loss,
+        train_seconds=trained - start,
+        encrypt_seconds=encrypted - trained,
+        payload_bytes=size,
+    )

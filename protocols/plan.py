@@ -1,9 +1,9 @@
-"""What both Flower apps derive from a run's configuration, exactly as the in-process federation.
+"""What every engine derives from a run's configuration: data, partitions, models, clients.
 
-:class:`~secagg.protocols.Federation` builds everything in one process; on Flower the
-ServerApp and each ClientApp process rebuild the parts they need from the run config
-(and, for a client, its node config). Every step below repeats the federation's own
-set-up with the same seeds, so the two engines train the same model on the same data.
+The in-process federation builds everything in one process; on Flower the ServerApp
+and each ClientApp rebuild what they need from the run config (and, for a client, its
+node config). Both go through :class:`RunPlan`, so they train the same model on the
+same data with the same recipe.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..client import PrivateClient, plan_noise_multiplier
-from .datasets import Dataset, load_dataset
+from ..client import PrivateClient
 from ..errors import ConfigurationError
+from .config import FederationConfig, client_id
+from .datasets import Dataset, load_dataset
+from .local import LocalClient, NonPrivateClient, derive_seed, make_loader, make_optimizer
 from .partition import dirichlet_partition
-from .config import FederationConfig
-from .local import LocalClient, NonPrivateClient, make_loader, make_optimizer
 
-__all__ = ["RunPlan"]
+__all__ = ["RunPlan", "client_id"]
 
 
 @dataclass
@@ -41,7 +41,7 @@ class RunPlan:
 
     @classmethod
     def load(cls, config: FederationConfig) -> RunPlan:
-        """Load the dataset and partition it as :class:`~secagg.protocols.Federation` does."""
+        """Load the dataset and partition it (the seed makes both reproducible)."""
         dataset = load_dataset(config.dataset, seed=config.seed, max_examples=config.max_examples)
         labels = dataset.y_train.numpy()
         partitions = dirichlet_partition(
@@ -50,6 +50,11 @@ class RunPlan:
         largest = max(len(p) for p in partitions)
         weight_bound = float(2 ** math.ceil(math.log2(largest)))
         return cls(config, dataset, list(partitions), weight_bound)
+
+    @property
+    def client_ids(self) -> list[str]:
+        """Every client's id, in partition order."""
+        return [client_id(i) for i in range(self.config.clients)]
 
     def build_model(self) -> nn.Module:
         """The dataset's default model with ``config.model_overrides`` applied."""
@@ -69,38 +74,27 @@ class RunPlan:
         model = self.build_model()
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def noise_multiplier(self) -> float | None:
-        """The DP-SGD noise multiplier of the whole run (``None`` without DP)."""
+    def round_seed(self, round_id: int, index: int) -> int | None:
+        """The seed client ``index`` trains round ``round_id`` with, if any.
+
+        The baseline's batch order follows the run seed. A DP client gets no seed: its
+        noise and batch sampling come from the OS CSPRNG, unless the run is in the
+        research-only deterministic mode.
+        """
         config = self.config
-        if not config.dp:
+        torch.manual_seed(derive_seed(config.seed, round_id, index, "torch"))
+        if config.dp and not config.insecure_deterministic:
             return None
-        if config.noise_multiplier is not None:
-            return config.noise_multiplier
-        assert config.epsilon is not None  # checked in FederationConfig
-        # The worst case: a client sampled every round; its sample rate is the smallest
-        # client's, whose batches are most numerous relative to its size.
-        sample_rate = min(1.0, max(config.batch_size / len(p) for p in self.partitions))
-        extra = [config.attention_noise_multiplier] if config.attention_analysis else []
-        return plan_noise_multiplier(
-            target_epsilon=config.epsilon,
-            delta=config.delta,
-            sample_rate=sample_rate,
-            rounds=config.rounds,
-            epochs_per_round=config.local_epochs,
-            extra_noise_multipliers=extra,
-        )
+        return derive_seed(config.seed, round_id, index)
 
     def make_client(
-        self,
-        index: int,
-        *,
-        global_state: Mapping[str, torch.Tensor],
-        noise_multiplier: float | None,
-    ) -> tuple[LocalClient | PrivateClient, torch.Generator]:
-        """Build partition ``index``'s client; also return its loader's generator.
+        self, index: int, *, global_state: Mapping[str, torch.Tensor]
+    ) -> LocalClient | PrivateClient:
+        """Build partition ``index``'s client with the run's recipe.
 
-        The generator draws the client's batches (Poisson sampling with DP); its
-        state must carry over from round to round, as in the in-process federation.
+        A DP client plans its own σ for the target ε over the whole run (every round,
+        every local epoch and the attention release), with the sample rate and step
+        count it really uses.
         """
         config = self.config
         if not 0 <= index < len(self.partitions):
@@ -115,24 +109,29 @@ class RunPlan:
             batch_size=min(config.batch_size, len(idx)),
             seed=config.seed * 1_000_003 + index,
         )
-        generator = loader.generator
-        assert generator is not None  # make_loader always seeds its own generator
         if not config.dp:
-            plain = NonPrivateClient(
-                module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=config.clip
+            return NonPrivateClient(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                epochs_per_round=config.local_epochs,
             )
-            return plain, generator
-        if noise_multiplier is None:
-            raise ConfigurationError("a DP run needs a noise multiplier")
-        client = PrivateClient(
+        extra = [config.attention_noise_multiplier] if config.attention_analysis else []
+        privacy: dict[str, Any] = (
+            {"noise_multiplier": config.noise_multiplier}
+            if config.noise_multiplier is not None
+            else {"target_epsilon": config.epsilon, "planned_rounds": config.rounds}
+        )
+        return PrivateClient(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            noise_multiplier=noise_multiplier,
             max_grad_norm=config.clip,
             epochs_per_round=config.local_epochs,
             delta=config.delta,
             epsilon_budget=config.epsilon,
             max_physical_batch_size=config.max_physical_batch_size,
+            extra_noise_multipliers=extra,
+            randomness="deterministic" if config.insecure_deterministic else "secure",
+            **privacy,
         )
-        return client, generator

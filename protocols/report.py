@@ -148,6 +148,16 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
     lines = [
         f"# secagg run: {config.dataset}",
         "",
+        *(
+            [
+                "> **Research-only deterministic mode**: DP noise and batch sampling followed "
+                "the run seed; anyone who knows it can remove the noise. These results carry "
+                "no privacy guarantee.",
+                "",
+            ]
+            if config.insecure_deterministic
+            else []
+        ),
         f"- clients: {config.clients}, rounds: {config.rounds}, "
         f"sampled per round: {config.sampled_per_round}, min_clients: {config.min_clients}",
         f"- partition: {'IID' if config.dirichlet_alpha is None else 'Dirichlet'}"
@@ -155,7 +165,19 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
         f"dropout: {config.dropout}",
         "- aggregation: "
         + (f"CKKS secure aggregation, preset {config.preset}" if config.he else "plaintext"),
-        f"- DP-SGD: {'on' if config.dp else 'off'}",
+        "- DP-SGD: "
+        + (
+            "off"
+            if not config.dp
+            else (f"target ε = {config.epsilon}" if config.epsilon else "fixed σ")
+            + (
+                f", σ = {min(result.noise_multipliers.values()):.3f}–"
+                f"{max(result.noise_multipliers.values()):.3f} per client"
+                if result.noise_multipliers
+                else ""
+            )
+            + f", δ = {config.delta:g}, noise and batch sampling from the OS CSPRNG"
+        ),
         f"- final test accuracy: **{result.final_accuracy:.4f}**",
         "",
         "| round | status | accuracy | loss | ε max | ε mean | contributors | bytes/client | "
@@ -179,7 +201,13 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
         lines += [
             "",
             f"Aggregated from {len(attention.contributors)} clients"
-            + (f", DP-noised with σ = {sigma} per client" if sigma else " (no DP noise)")
+            + (
+                f", DP-noised with σ = {sigma} per client (counted in each client's ε): "
+                f"noise std {attention.noise_std:.2e} per unit, "
+                f"{attention.noise_to_signal:.2f} of the map's spread across units"
+                if sigma
+                else " (no DP noise)"
+            )
             + ". Top units:",
             "",
             "| unit | mean attention |",

@@ -1,7 +1,9 @@
-"""What a round records: its log while it runs and its :class:`RoundMetrics` when it ends.
+"""What a round is told, what its clients report, and what it records.
 
-Both engines (the in-process federation and the Flower ServerApp) fill a :class:`RoundLog`
-and turn it into the same :class:`RoundMetrics` with :func:`round_metrics`.
+- :class:`RoundPlan`: the coordinator's instructions for one round (roster, simulated
+  dropouts, the aggregation round id on the wire);
+- :class:`ClientReport`: what one client did (trained or declined, its payload, ε);
+- :class:`RoundLog` and :class:`RoundMetrics`: what the round recorded, for both engines.
 """
 
 from __future__ import annotations
@@ -14,12 +16,56 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .datasets import Dataset
 from ..errors import AggregationError, NotEnoughClientsError, PayloadError
-from .aggregation import RoundServer
-from .local import evaluate
+from .datasets import Dataset
 
-__all__ = ["RoundLog", "RoundMetrics", "round_metrics"]
+__all__ = [
+    "ClientReport",
+    "RoundLog",
+    "RoundMetrics",
+    "RoundPlan",
+    "evaluate",
+    "round_metrics",
+]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The coordinator's instructions for one round.
+
+    Attributes
+    ----------
+    round_id : int
+        Training round (1-based; the attention analysis is ``rounds + 1``).
+    aggregation_round : int
+        The round id in payloads and releases (unique per key, increasing).
+    roster : tuple of str
+        The sampled clients, in order.
+    dropouts : dict[str, str]
+        Simulated failures: ``"silent"`` (never uploads) or ``"truncate"`` (killed
+        mid-upload), by client id.
+    """
+
+    round_id: int
+    aggregation_round: int
+    roster: tuple[str, ...]
+    dropouts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClientReport:
+    """What one client did in a round."""
+
+    client_id: str
+    status: str  # "trained", "declined" or "failed"
+    payload: bytes | None
+    epsilon_before: float
+    epsilon_after: float
+    loss: float = float("nan")
+    train_seconds: float = 0.0
+    encrypt_seconds: float = 0.0
+    payload_bytes: int = 0
+    note: str = ""
 
 
 @dataclass
@@ -46,40 +92,64 @@ class RoundMetrics:
 class RoundLog:
     """What happens to one round, collected for its :class:`RoundMetrics`."""
 
-    round_id: int
-    roster: list[str]
-    dropped: list[str] = field(default_factory=list)
-    trained: list[int] = field(default_factory=list)
-    declined: list[str] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
+    plan: RoundPlan
+    reports: dict[str, ClientReport] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     contributors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("train", "encrypt", "aggregate", "decrypt"), 0.0)
     )
 
-    def aggregate(self, server: RoundServer) -> tuple[bytes | None, str]:
-        """Feed :attr:`payloads` to ``server`` (timed as "aggregate") and finalize.
+    @property
+    def trained(self) -> list[str]:
+        """Clients that trained this round (their spending is pending)."""
+        return [c for c, r in self.reports.items() if r.status == "trained"]
 
-        Rejected payloads are recorded in :attr:`rejected` and the round goes on.
+    @property
+    def declined(self) -> list[str]:
+        """Clients whose ε budget did not allow the round."""
+        return [c for c, r in self.reports.items() if r.status == "declined"]
 
-        Returns
-        -------
-        tuple of (bytes or None) and str
-            The serialized aggregate, or ``None`` with the reason when too few
-            contributions arrived.
+    @property
+    def dropped(self) -> list[str]:
+        """Sampled clients whose payload never arrived whole (failed, silent or cut)."""
+        return [
+            c
+            for c in self.plan.roster
+            if c in self.plan.dropouts
+            or (c not in self.reports)
+            or self.reports[c].status == "failed"
+        ]
+
+    def record(self, reports: Sequence[ClientReport]) -> None:
+        """Keep the clients' reports and add their timings."""
+        for report in reports:
+            self.reports[report.client_id] = report
+            self.seconds["train"] += report.train_seconds
+            self.seconds["encrypt"] += report.encrypt_seconds
+
+    def aggregate(self, server: object) -> bytes | None:
+        """Feed the reports' payloads (roster order) to ``server`` and finalize (timed).
+
+        Rejected payloads are recorded in :attr:`rejected` and the round goes on; with
+        too few contributions the reason goes to :attr:`notes` and ``None`` is returned.
         """
         with self.timed("aggregate"):
-            for payload in self.payloads:
+            for cid in self.plan.roster:
+                report = self.reports.get(cid)
+                if report is None or report.payload is None:
+                    continue
                 try:
-                    server.add(payload)
+                    server.add(report.payload)  # type: ignore[attr-defined]
                 except (PayloadError, AggregationError) as exc:
                     self.rejected.append(f"{type(exc).__name__}: {exc}")
-            self.contributors = list(server.contributors)
+            self.contributors = list(server.contributors)  # type: ignore[attr-defined]
             try:
-                return server.finalize(), ""
+                return bytes(server.finalize())  # type: ignore[attr-defined]
             except NotEnoughClientsError as exc:
-                return None, str(exc)
+                self.notes.insert(0, str(exc))
+                return None
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -88,13 +158,12 @@ class RoundLog:
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def round_metrics(
     log: RoundLog,
     status: str,
-    note: str,
     *,
     model: torch.nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -108,20 +177,42 @@ def round_metrics(
     """
     model.load_state_dict(dict(state))
     accuracy, loss = evaluate(model, dataset.x_test, dataset.y_test)
-    sizes = [len(p) for p in log.payloads]
+    sizes = [r.payload_bytes for r in log.reports.values() if r.payload_bytes]
+    notes = list(log.notes)
+    if log.declined:
+        notes.append(f"over budget: {', '.join(log.declined)}")
+    failed = [f"{c}: {r.note}" for c, r in log.reports.items() if r.status == "failed"]
+    if failed:
+        notes.append(f"failed: {'; '.join(failed)}")
     return RoundMetrics(
-        round=log.round_id,
+        round=log.plan.round_id,
         status=status,
         accuracy=accuracy,
         loss=loss,
         epsilon_max=max(epsilons) if epsilons is not None else None,
         epsilon_mean=float(np.mean(epsilons)) if epsilons is not None else None,
         delta=delta,
-        sampled=log.roster,
+        sampled=list(log.plan.roster),
         contributors=log.contributors,
         dropped=sorted(log.dropped),
         rejected=log.rejected,
         bytes_per_client=float(np.mean(sizes)) if sizes else 0.0,
-        seconds=log.seconds,
-        note=note,
+        seconds=dict(log.seconds),
+        note="; ".join(notes),
     )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``."""
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        labels = y[start : start + batch_size]
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+    return correct / len(y), loss_sum / len(y)

@@ -11,7 +11,7 @@ from ..errors import ConfigurationError
 
 __all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer"]
 
-SERVER_OPTIMIZERS = ("fedavg", "fedadam", "momentum")
+from .defaults import SERVER_OPTIMIZERS
 
 
 class ServerOptimizer:

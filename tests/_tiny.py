@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-from secagg.protocols import FederationConfig
+from secagg.protocols import Federation, FederationConfig
 
 TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
 
@@ -24,5 +25,20 @@ def tiny_config(**changes: Any) -> FederationConfig:
         client_optimizer="sgd",
         model_overrides=TINY_MODEL,
         attention_analysis=False,
+        epsilon=None,
+        noise_multiplier=1.0,
     )
     return dataclasses.replace(base, **changes)
+
+
+def release_std(federation: Federation, contributors: int) -> float:
+    """Standard deviation secure aggregation adds to one coordinate of a released sum.
+
+    Flooding for approximate presets; the contributors' stochastic rounding for exact
+    presets (``sqrt(k)`` clients' rounding errors).
+    """
+    holder = federation.key_holder
+    assert holder is not None  # an HE federation after run()
+    preset = holder.keys.preset
+    flooding = holder.flooding_std(contributors)
+    return math.sqrt(flooding**2 + contributors * preset.quantization_std**2)

@@ -39,11 +39,43 @@ def test_version_and_help() -> None:
         assert option in help_text.stdout
 
 
-def test_bad_option_gives_a_clear_error() -> None:
-    result = run_cli("run", "--dataset", "nope", "--out", "/tmp/secagg-never")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "nope"], "dataset must be one of"),
+        (["--dirichlet-alpha", "abc"], "--dirichlet-alpha expects"),
+        (["--lr", "nan"], "lr has an invalid value"),
+        (["--clients", "abc"], "invalid int value"),
+        (["--epsilon", "-1"], "epsilon must be positive"),
+        (["--seed", "-3"], "seed must be in"),
+    ],
+)
+def test_bad_input_is_one_clean_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    start = time.monotonic()
+    result = run_cli("run", *args, "--out", str(out))
     assert result.returncode == 2
-    assert "dataset must be one of" in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+    assert not out.exists()  # refused before anything was written or trained
+    assert time.monotonic() - start < 60
+
+
+def test_out_pointing_at_a_file_or_a_used_directory_is_refused(tmp_path: Path) -> None:
+    existing = tmp_path / "a-file"
+    existing.write_text("keep me")
+    result = run_cli("run", *SMALL, "--out", str(existing))
+    assert result.returncode == 2 and "not a directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert existing.read_text() == "keep me"
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "checkpoint.secagg").write_text("an earlier run")
+    result = run_cli("run", *SMALL, "--out", str(used))
+    assert result.returncode == 2 and "not empty" in result.stderr
 
 
 def test_two_round_three_client_run_writes_every_output(tmp_path: Path) -> None:

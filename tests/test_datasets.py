@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from secagg.protocols.datasets import DATASET_NAMES, Dataset, available_datasets, load_dataset
 from secagg.errors import ConfigurationError, DatasetUnavailableError
+from secagg.protocols.datasets import DATASET_NAMES, Dataset, available_datasets, load_dataset
 from secagg.protocols.text import EMPTY_TOKEN, HashingTokenizer
 
 # name -> (kind, total examples, classes, per-example shape)

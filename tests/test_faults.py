@@ -119,12 +119,12 @@ def test_failed_release_keeps_the_model_and_never_rolls_the_ledger_back(
     federation = Federation(_tiny(rounds=1), out_dir=tmp_path)
     before = {k: v.clone() for k, v in federation.global_state.items()}
 
-    def refuse(_: bytes) -> Any:
+    def refuse(_: bytes, *, min_clients: int) -> Any:
         raise ReleaseError("the key holder is unavailable")
 
     federation._setup_keys(resume=False)
     monkeypatch.setattr(federation, "_setup_keys", lambda resume: None)
-    monkeypatch.setattr(federation.backend, "release", refuse)
+    monkeypatch.setattr(federation._releaser, "release", refuse)
     result = federation.run()
     assert result.metrics[0].status == "failed"
     assert all(torch.equal(before[k], result.global_state[k]) for k in before)
@@ -144,14 +144,14 @@ def test_ledger_is_on_disk_before_the_key_holder_decrypts(
     federation._setup_keys(resume=False)
     monkeypatch.setattr(federation, "_setup_keys", lambda resume: None)
     seen: list[list[int]] = []
-    real_release = federation.backend.release
+    real_release = federation._releaser.release
 
-    def spy(aggregate: bytes) -> Any:
+    def spy(aggregate: bytes, *, min_clients: int) -> Any:
         ledgers = load_checkpoint(tmp_path / "checkpoint.secagg").ledgers
         seen.append([sum(h[2] for h in v["accountant"]["history"]) for v in ledgers.values()])
-        return real_release(aggregate)
+        return real_release(aggregate, min_clients=min_clients)
 
-    monkeypatch.setattr(federation.backend, "release", spy)
+    monkeypatch.setattr(federation._releaser, "release", spy)
     federation.run()
     assert seen and all(s > 0 for s in seen[0])
 
@@ -167,18 +167,43 @@ def test_committed_spending_cannot_be_discarded() -> None:
     assert client.epsilon() == eps
 
 
-def test_key_holder_budget_is_spent_on_disk_even_if_release_is_refused(tmp_path: Path) -> None:
-    keys = secagg.KeyHolder.generate("small", min_clients=3)
-    path = keys.save(tmp_path / "keys.secagg")
+def test_key_holder_budget_is_on_disk_before_it_decrypts_and_refusals_spend_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     roster = ["a", "b"]
-    aggregator = secagg.Aggregator(keys.server_context(), round_id=1, roster=roster, min_clients=1)
+    keys = secagg.FederationKeys.generate(roster, preset="small")
+    state = tmp_path / "key-holder.secagg"
+    holder = keys.key_holder(min_clients=3, state_path=state)
+    aggregator = secagg.Aggregator(
+        keys.server_context(), registry=keys.registry, round_id=1, roster=roster, min_clients=1
+    )
     for cid in roster:
         update = {"w": torch.randn(100) * 0.01}
         aggregator.add(
-            secagg.encrypt_update(keys, update, round_id=1, client_id=cid, roster=roster)
+            secagg.encrypt_update(
+                keys.material,
+                update,
+                signing_key=keys.signing_keys[cid],
+                round_id=1,
+                roster=roster,
+            )
         )
-    with pytest.raises(secagg.errors.RosterError):
-        keys.release(aggregator.finalize())
-    reloaded = secagg.KeyHolder.load(path)
-    assert reloaded.decryptions_used == 1  # the budget is spent before decrypting
-    assert reloaded.last_released_round == -1  # a refusal released nothing
+    aggregate = aggregator.finalize()
+    with pytest.raises(secagg.errors.RosterError):  # the key holder's own policy: 3 clients
+        holder.release(aggregate)
+    reloaded = secagg.KeyHolder.open(keys.material, state)
+    assert reloaded.decryptions_used == 0  # a refusal spends nothing
+    assert reloaded.last_released_round == -1
+
+    holder.min_clients = 2
+    seen: list[int] = []
+    real = holder.keys.session._decrypt_plaintext
+
+    def spy(*args: Any) -> Any:
+        seen.append(secagg.KeyHolder.open(keys.material, state).decryptions_used)
+        return real(*args)
+
+    monkeypatch.setattr(holder.keys.session, "_decrypt_plaintext", spy)
+    holder.release(aggregate)
+    assert seen == [1]  # the spending was on disk before SEAL decrypted
+    assert secagg.KeyHolder.open(keys.material, state).last_released_round == 1

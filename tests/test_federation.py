@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from _tiny import tiny_config
+from _tiny import release_std, tiny_config
 
+import secagg
+import secagg.client
 from secagg.errors import CheckpointError, ConfigurationError
 from secagg.protocols import Federation, FederationConfig, load_checkpoint
+from secagg.protocols.local import train_round
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -48,12 +51,12 @@ def test_he_matches_plaintext_within_flooding_tolerance() -> None:
     plain = Federation(plain_config).run()
     federation = Federation(dataclasses.replace(plain_config, he=True))
     encrypted = federation.run()
-    assert federation.keys is not None
+    assert federation.key_holder is not None
     contributors = len(encrypted.metrics[0].contributors)
-    # The released mean differs from the exact one by the flooding noise divided by the
-    # weight sum (>= contributors x smallest normalised weight); 8 sigma over ~10k weights.
+    # The released mean differs from the plaintext one by the release's error (rounding of
+    # the quantised values, or flooding) over the weight sum; 8 sigma over ~10k weights.
     smallest = min(len(p) for p in federation.partitions) / federation.weight_bound
-    tolerance = 8 * federation.keys.flooding_std(contributors) / (contributors * smallest)
+    tolerance = 8 * release_std(federation, contributors) / (contributors * smallest)
     difference = _weights_close(plain.global_state, encrypted.global_state)
     assert 0.0 < difference < tolerance
     assert abs(plain.final_accuracy - encrypted.final_accuracy) <= 0.05
@@ -88,7 +91,10 @@ def test_truncated_uploads_are_rejected_and_the_round_goes_on() -> None:
 
 
 def test_resume_continues_without_losing_rounds_or_privacy(tmp_path: Path) -> None:
-    config = tiny(rounds=3, he=False, noise_multiplier=1.0, fraction=1.0)
+    # Bit-identical DP runs need the research-only deterministic mode.
+    config = tiny(
+        rounds=3, he=False, noise_multiplier=1.0, fraction=1.0, insecure_deterministic=True
+    )
     uninterrupted = Federation(config).run()
 
     first = Federation(config, out_dir=tmp_path)
@@ -146,5 +152,54 @@ def test_epsilon_target_plans_sigma_once_for_the_whole_run() -> None:
     config = tiny(rounds=2, fraction=1.0, noise_multiplier=None, epsilon=8.0)
     federation = Federation(config)
     result = federation.run()
-    assert federation.noise_multiplier is not None and federation.noise_multiplier > 0
+    assert federation.noise_multipliers and min(federation.noise_multipliers.values()) > 0
     assert max(m.epsilon_max or 0.0 for m in result.metrics) <= 8.0
+    # Each client planned σ for its own sample rate and step count: exactly the target.
+    for client in federation.clients:
+        steps = config.rounds * client.steps_per_round  # type: ignore[attr-defined]
+        sigma = client.noise_multiplier  # type: ignore[attr-defined]
+        assert secagg.client.rdp_epsilon([(sigma, client.sample_rate, steps)], 1e-5) == (  # type: ignore[attr-defined]
+            pytest.approx(8.0, rel=0.01)
+        )
+
+
+def test_same_seed_same_partitions_and_sampling_different_dp_noise() -> None:
+    config = tiny(rounds=2, fraction=0.75, noise_multiplier=1.0)
+    first, second = Federation(config), Federation(config)
+    assert all((a == b).all() for a, b in zip(first.partitions, second.partitions, strict=True))
+    one, two = first.run(), second.run()
+    assert [m.sampled for m in one.metrics] == [m.sampled for m in two.metrics]
+    assert [m.contributors for m in one.metrics] == [m.contributors for m in two.metrics]
+    assert _weights_close(one.global_state, two.global_state) > 1e-3  # fresh noise
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_server_cannot_regenerate_a_clients_dp_noise_from_the_run_seed(
+    deterministic: bool,
+) -> None:
+    """The attack on the first release, written as the server would run it.
+
+    The server knows the run config (seed included), the partitions and the global
+    model, so it can re-run a client's local training with every seed the engine derives
+    from the run seed. With the DP noise and batch sampling drawn from the OS CSPRNG its
+    prediction misses by the DP noise; in the research-only deterministic mode it hits.
+    """
+    config = tiny(rounds=1, clients=2, fraction=1.0, he=False, insecure_deterministic=deterministic)
+    federation = Federation(config)
+    start = {k: v.clone() for k, v in federation.global_state.items()}
+    federation.run()
+    client = federation.clients[0]
+    actual = client.model_update()
+
+    from secagg.protocols.plan import RunPlan
+
+    # The attacker's model of the client: every random draw follows the run seed.
+    attacker = RunPlan.load(dataclasses.replace(config, insecure_deterministic=True))
+    shadow = attacker.make_client(0, global_state=start)
+    train_round(shadow, start, seed=attacker.round_seed(1, 0))
+    predicted = shadow.model_update()
+    error = max(float((predicted[k] - actual[k]).abs().max()) for k in actual)
+    if deterministic:
+        assert error < 1e-6
+    else:
+        assert error > 1e-3

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch
-from _tiny import tiny_config
+from _tiny import release_std, tiny_config
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import context_from_proto, context_to_proto
 from flwr.serverapp import Grid
@@ -45,9 +45,12 @@ from secagg.protocols.flower import (
     app_pyproject,
     config_from_run_config,
     generate_keys,
+    load_registry,
     load_secret_context,
     load_server_context,
+    load_signing_key,
     node_role,
+    open_key_holder,
     run_config_from_config,
     write_app,
 )
@@ -68,6 +71,11 @@ def tiny(**changes: Any) -> FederationConfig:
     return tiny_config(
         **{"clients": 3, "fraction": 1.0, "noise_multiplier": 1.0, "seed": 11, **changes}
     )
+
+
+def no_dp(**changes: Any) -> FederationConfig:
+    """Without DP noise both engines draw nothing secret: their runs must agree."""
+    return tiny(dp=False, noise_multiplier=None, **changes)
 
 
 # ---------------------------------------------------------------------- the Grid double
@@ -168,9 +176,22 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def key_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return generate_keys(tmp_path_factory.mktemp("keys"))
+@pytest.fixture
+def key_files(tmp_path: Path) -> Any:
+    """Fresh key files per test (a key holder releases each round id once, ever)."""
+    return generate_keys(tmp_path / "keys", clients=3)
+
+
+def _run_config(config: FederationConfig, key_files: Any = None, **options: Any) -> dict[str, Any]:
+    # Replies arrive at once or never (dropped): a lost reply costs the round timeout.
+    options = {"round_timeout": 2.0, "release_timeout": 2.0, **options}
+    if key_files is not None:
+        options = {
+            "server_context": str(key_files.server_context),
+            "registry": str(key_files.registry),
+            **options,
+        }
+    return run_config_from_config(config, **options)
 
 
 def _contexts(
@@ -179,10 +200,17 @@ def _contexts(
     """Client nodes 101, 102, ...; node 101 is also the key holder."""
     contexts = {}
     for index in range(clients):
-        node_config: dict[str, Any] = {"partition-id": index, "num-partitions": clients}
+        node_config: dict[str, Any] = {
+            "partition-id": index,
+            "num-partitions": clients,
+            "warm-worker": False,  # the warm worker has its own test
+        }
         if secret:
             node_config["secret-context"] = str(key_files.secret_context)
-            node_config["key-holder"] = index == 0
+            node_config["signing-key"] = str(key_files.signing_keys[f"client-{index:03d}"])
+            if index == 0:
+                node_config["key-holder"] = True
+                node_config["key-holder-state"] = str(key_files.key_holder_state)
         node = 101 + index
         contexts[node] = Context(RUN_ID, node, node_config, RecordDict(), dict(run_config))
     return contexts
@@ -202,16 +230,24 @@ def _ledger(context: Context) -> list[Any]:
     return list(json.loads(str(record["ledger"]))["accountant"]["history"])
 
 
-# ---------------------------------------------------------------------- the main check
-def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Path) -> None:
-    config = tiny()
+# ---------------------------------------------------------------------- the main checks
+def test_two_rounds_and_the_attention_map_match_the_in_process_federation(
+    key_files: Any, tmp_path: Path
+) -> None:
+    """One coordinator, two transports: the same rounds and map, up to flooding noise.
+
+    Without DP the runs must agree up to the independent errors secure aggregation adds
+    to each release (stochastic rounding, or flooding): per coordinate N(0, σ²/W²) per
+    release, σ the release's error std and W the round's normalised weight sum. After T
+    rounds the two runs differ by about N(0, 2T·σ²/W²) per weight (to first order); pure
+    noise passes 10 such deviations on any of the ~2k weights with probability < 1e-19.
+    """
+    config = no_dp(attention_analysis=True)
     federation = Federation(config)
     expected = federation.run()
-    assert federation.keys is not None
+    assert federation.key_holder is not None
 
-    run_config = run_config_from_config(
-        config, server_context=str(key_files.server_context), output=str(tmp_path / "out")
-    )
+    run_config = _run_config(config, key_files, output=str(tmp_path / "out"))
     contexts = _contexts(run_config, key_files)
     grid = InMemoryGrid(contexts)
     result = run_server(grid, _server_context(run_config))
@@ -220,52 +256,65 @@ def test_two_rounds_match_the_in_process_federation(key_files: Any, tmp_path: Pa
     for ours, theirs in zip(result.metrics, expected.metrics, strict=True):
         assert ours.sampled == theirs.sampled
         assert ours.contributors == theirs.contributors
-        assert ours.epsilon_max == pytest.approx(theirs.epsilon_max, rel=1e-9)
         assert abs(ours.bytes_per_client - theirs.bytes_per_client) <= 64
         assert abs(ours.accuracy - theirs.accuracy) <= 0.05
-
-    # Both engines add independent flooding noise to each released mean: per coordinate
-    # N(0, σ²/W²), σ the release's flooding std and W the round's (normalised) weight sum.
-    # After T rounds two runs differ by about N(0, 2T·σ²/W²) per weight (to first order:
-    # round 2 trains from slightly different weights). Pure noise passes 10 such
-    # deviations on any of the ~2k weights with probability < 1e-19; the margin absorbs
-    # the second round's amplification (measured: two in-process runs differ by ~3.7).
     contributors = len(expected.metrics[-1].contributors)
     weight_sum = sum(len(p) for p in federation.partitions) / federation.weight_bound
-    sigma = federation.keys.flooding_std(contributors) / weight_sum
+    sigma = release_std(federation, contributors) / weight_sum
     tolerance = 10 * (2 * config.rounds) ** 0.5 * sigma
     difference = _max_abs_diff(result.global_state, expected.global_state)
     print(f"flower vs in-process: max |Δw| = {difference:.3g}, tolerance {tolerance:.3g}")
     assert difference < tolerance
 
-    # Each node's privacy ledger equals its in-process twin's (both rounds committed).
-    for index, context in enumerate(grid.contexts.values()):
-        history = federation.clients[index].state_dict()["accountant"]["history"]  # type: ignore[union-attr]
-        assert _ledger(context) == history and len(history) > 0
+    # The attention analysis runs on Flower too, and gives the same map.
+    assert result.attention is not None and expected.attention is not None
+    assert result.attention.unit_names == expected.attention.unit_names
+    ours_map = torch.tensor(result.attention.weights)
+    theirs_map = torch.tensor(expected.attention.weights)
+    map_tolerance = 10 * release_std(federation, config.clients) / weight_sum
+    assert float((ours_map - theirs_map).abs().max()) < map_tolerance + 20 * tolerance
 
     # The ServerApp wrote the final global state and metrics where the run config said.
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["finished"] is True and len(written["metrics"]) == 2
+    assert written["attention"]["weights"]
     saved = torch.load(tmp_path / "out" / "global_state.pt", weights_only=True)
     assert _max_abs_diff(saved, result.global_state) == 0.0
 
-    # Only train and release messages went out; only the key holder saw the aggregate.
+    # Train, attention and release messages went out; only the key holder saw aggregates.
     types = {(m.metadata.message_type, m.metadata.dst_node_id) for m in grid.sent}
-    assert {t for t, _ in types} == {"train", "query.release"}
+    assert {t for t, _ in types} == {"train", "query.attention", "query.release"}
     assert {n for t, n in types if t == "query.release"} == {101}
 
 
-def test_plaintext_dp_run_is_identical_to_the_in_process_federation(tmp_path: Path) -> None:
-    # Without HE there is no flooding noise: the two engines must agree exactly.
-    config = tiny(he=False)
+def test_dp_rounds_keep_the_same_ledgers_as_the_in_process_federation(key_files: Any) -> None:
+    """With DP the noise is each node's own (CSPRNG): weights differ, every ledger agrees."""
+    config = tiny()
     federation = Federation(config)
     expected = federation.run()
-    run_config = run_config_from_config(config)
+    run_config = _run_config(config, key_files)
+    grid = InMemoryGrid(_contexts(run_config, key_files))
+    result = run_server(grid, _server_context(run_config))
+    for ours, theirs in zip(result.metrics, expected.metrics, strict=True):
+        assert ours.status == theirs.status == "completed"
+        assert ours.contributors == theirs.contributors
+        assert ours.epsilon_max == pytest.approx(theirs.epsilon_max, rel=1e-9)
+    for index, context in enumerate(grid.contexts.values()):
+        history = federation.clients[index].state_dict()["accountant"]["history"]  # type: ignore[union-attr]
+        assert _ledger(context) == history and len(history) > 0
+    assert _max_abs_diff(result.global_state, expected.global_state) > 0.0  # fresh noise
+
+
+def test_plaintext_run_is_identical_to_the_in_process_federation() -> None:
+    # Without HE and DP there is no noise at all: the two engines must agree exactly.
+    config = no_dp(he=False)
+    federation = Federation(config)
+    expected = federation.run()
+    run_config = _run_config(config)
     grid = InMemoryGrid(_contexts(run_config, None, secret=False))
     result = run_server(grid, _server_context(run_config))
     assert _max_abs_diff(result.global_state, expected.global_state) == 0.0
     assert [m.loss for m in result.metrics] == [m.loss for m in expected.metrics]
-    assert [m.epsilon_max for m in result.metrics] == [m.epsilon_max for m in expected.metrics]
 
 
 def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any) -> None:
@@ -273,10 +322,9 @@ def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any)
     # the global model and every ledger must end as after round 1 alone.
     config = tiny(min_clients=3)
     one_round = Federation(dataclasses.replace(config, rounds=1))
-    expected = one_round.run()
-    assert one_round.keys is not None
+    one_round.run()
 
-    run_config = run_config_from_config(config, server_context=str(key_files.server_context))
+    run_config = _run_config(config, key_files)
 
     def lose_round_two_of_node_102(message: Message) -> bool:
         return message.metadata.dst_node_id == 102 and message.metadata.group_id == "2"
@@ -289,9 +337,7 @@ def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any)
     assert second.contributors == ["client-000", "client-002"]
     assert "client-001" in second.dropped
     assert second.epsilon_max == pytest.approx(first.epsilon_max)
-    weight_sum = sum(len(p) for p in one_round.partitions) / one_round.weight_bound
-    tolerance = 10 * 2**0.5 * one_round.keys.flooding_std(3) / weight_sum
-    assert _max_abs_diff(result.global_state, expected.global_state) < tolerance
+    assert (second.accuracy, second.loss) == (first.accuracy, first.loss)  # model unchanged
     # Every node trained round 2, and was told at the end of the run to roll it back.
     assert [m.metadata.message_type for m in grid.sent[-3:]] == ["query.outcome"] * 3
     for index, context in enumerate(grid.contexts.values()):
@@ -299,9 +345,33 @@ def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any)
         assert _ledger(context) == history
 
 
+def test_the_flower_app_refuses_the_research_only_deterministic_mode(key_files: Any) -> None:
+    config = tiny(insecure_deterministic=True)
+    with pytest.raises(ConfigurationError, match="research runs only"):
+        _run_config(config, key_files)
+    run_config = _run_config(tiny(), key_files)
+    run_config["insecure-deterministic"] = True
+    with pytest.raises(ConfigurationError, match="research runs only"):
+        FlowerServer(InMemoryGrid({}), run_config)
+
+
+def test_unsigned_or_foreign_updates_are_rejected_on_flower(key_files: Any, tmp_path: Path) -> None:
+    """A node holding another federation's signing key cannot contribute."""
+    other = generate_keys(tmp_path / "other", clients=3)
+    config = tiny(rounds=1, min_clients=2)
+    run_config = _run_config(config, key_files)
+    contexts = _contexts(run_config, key_files)
+    contexts[103].node_config["signing-key"] = str(other.signing_keys["client-002"])
+    result = run_server(InMemoryGrid(contexts), _server_context(run_config))
+    metrics = result.metrics[0]
+    assert metrics.status == "completed"
+    assert metrics.contributors == ["client-000", "client-001"]
+    assert any("SignatureError" in r for r in metrics.rejected)
+
+
 # ---------------------------------------------------------------------- keys and configs
 def test_server_refuses_a_context_that_holds_a_secret_key(key_files: Any) -> None:
-    run_config = run_config_from_config(tiny(), server_context=str(key_files.secret_context))
+    run_config = _run_config(tiny(), key_files, server_context=str(key_files.secret_context))
     with pytest.raises(SecretKeyExposureError):
         FlowerServer(InMemoryGrid({}), run_config)
     with pytest.raises(SecretKeyExposureError):
@@ -310,22 +380,34 @@ def test_server_refuses_a_context_that_holds_a_secret_key(key_files: Any) -> Non
 
 
 def test_generated_key_files_have_safe_modes_and_stay_out_of_app_folders(tmp_path: Path) -> None:
-    files = generate_keys(tmp_path / "keys", min_clients=3)
-    assert stat.S_IMODE(files.secret_context.stat().st_mode) == 0o600
-    assert stat.S_IMODE(files.server_context.stat().st_mode) == 0o644
-    assert load_secret_context(files.secret_context).min_clients == 3
+    files = generate_keys(tmp_path / "keys", clients=3, min_clients=3)
+    secret = [files.secret_context, files.key_holder_state, *files.signing_keys.values()]
+    for path in secret:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in (files.server_context, files.registry):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert open_key_holder(files.secret_context, files.key_holder_state).min_clients == 3
+    assert sorted(load_registry(files.registry)) == sorted(files.signing_keys)
     with pytest.raises(ConfigurationError, match="already exist"):
-        generate_keys(tmp_path / "keys")
+        generate_keys(tmp_path / "keys", clients=3)
     app = write_app(tmp_path / "app")
     with pytest.raises(ConfigurationError, match="app folder"):
-        generate_keys(app / "keys")
+        generate_keys(app / "keys", clients=3)
     with pytest.raises(ConfigurationError, match="other files"):
         write_app(files.secret_context.parent)
-    os.chmod(files.secret_context, 0o644)
+    for path in secret:
+        os.chmod(path, 0o644)
     with pytest.raises(ContextError, match="chmod 600"):
         load_secret_context(files.secret_context)
-    assert keys_main([str(tmp_path / "cli-keys"), "--min-clients", "2"]) == 0
-    assert keys_main([str(app / "keys")]) == 2  # refused: inside the app folder
+    with pytest.raises(ContextError, match="chmod 600"):
+        load_signing_key(files.signing_keys["client-000"], client="client-000")
+    with pytest.raises(ContextError, match="chmod 600"):
+        open_key_holder(files.secret_context, files.key_holder_state)
+    os.chmod(files.signing_keys["client-001"], 0o600)
+    with pytest.raises(ContextError, match="belongs to"):
+        load_signing_key(files.signing_keys["client-001"], client="client-000")
+    assert keys_main([str(tmp_path / "cli-keys"), "--clients", "2", "--min-clients", "2"]) == 0
+    assert keys_main([str(app / "keys"), "--clients", "2"]) == 2  # refused: in the app folder
     assert not (app / "keys").exists()
 
 
@@ -337,45 +419,80 @@ def test_the_app_folder_in_the_source_tree_is_up_to_date() -> None:
 
 def test_run_config_round_trips_and_rejects_bad_values() -> None:
     config = tiny(dirichlet_alpha=None, epsilon=4.0, noise_multiplier=None, max_examples=None)
-    run_config = run_config_from_config(config, server_context="/keys/server", round_timeout=30)
+    run_config = run_config_from_config(
+        config, server_context="/keys/server", registry="/keys/registry", round_timeout=30
+    )
     decoded, options = config_from_run_config(run_config)
     assert decoded == config
     assert options.server_context == Path("/keys/server") and options.round_timeout == 30.0
+    assert options.registry == Path("/keys/registry")
     with pytest.raises(ConfigurationError, match="unknown run config"):
         config_from_run_config({**run_config, "epochs": 3})
     with pytest.raises(ConfigurationError, match="integer"):
         config_from_run_config({**run_config, "rounds": 2.5})
     with pytest.raises(ConfigurationError, match="server-context"):
         config_from_run_config({**run_config, "server-context": ""})
-    with pytest.raises(ConfigurationError, match="attention"):
-        run_config_from_config(dataclasses.replace(config, attention_analysis=True))
+    with pytest.raises(ConfigurationError, match="registry"):
+        config_from_run_config({**run_config, "registry": ""})
+
+
+def test_one_table_of_defaults_feeds_the_cli_the_api_and_the_app() -> None:
+    """An "auto" option in the app's run config takes the dataset recipe's value."""
+    from secagg.protocols import default_config
+    from secagg.protocols.defaults import RECIPES
+
+    app_config = {
+        line.split(" = ")[0]: line.split(" = ")[1]
+        for line in app_pyproject().splitlines()
+        if " = " in line and not line.startswith(("#", "["))
+    }
+    assert app_config["lr"] == '"auto"' and app_config["rounds"] != '"auto"'
+    for dataset in ("digits", "bbc_news"):
+        decoded, _ = config_from_run_config({"dataset": dataset, "lr": "auto", "he": False})
+        assert decoded == default_config(dataset, he=False)
+        assert decoded.lr == RECIPES[dataset].get("lr", decoded.lr)
 
 
 def test_node_roles() -> None:
-    role = node_role({"partition-id": 2, "num-partitions": 3, "secret-context": "/k"})
+    role = node_role(
+        {"partition-id": 2, "num-partitions": 3, "secret-context": "/k", "signing-key": "/s"}
+    )
     assert role.is_client and role.partition_id == 2 and not role.key_holder
-    holder = node_role({"key-holder": True, "secret-context": "/k"})
+    assert role.signing_key == Path("/s")
+    holder = node_role({"key-holder": True, "secret-context": "/k", "key-holder-state": "/h"})
     assert holder.key_holder and not holder.is_client
     with pytest.raises(ConfigurationError):
         node_role({"partition-id": 3, "num-partitions": 3})
     with pytest.raises(ConfigurationError):
         node_role({"partition-id": 0})
     with pytest.raises(ConfigurationError):
-        node_role({"key-holder": True})
+        node_role({"key-holder": True, "secret-context": "/k"})
+    with pytest.raises(ConfigurationError):
+        node_role({"partition-id": 0, "num-partitions": 1, "signing-key": 3})
 
 
-def test_only_the_key_holder_releases_and_each_round_once(tmp_path: Path) -> None:
-    files = generate_keys(tmp_path / "keys")
-    keys = load_secret_context(files.secret_context)
+def test_only_the_key_holder_releases_and_each_round_once(key_files: Any) -> None:
+    keys = load_secret_context(key_files.secret_context)
     roster = ["client-000", "client-001"]
     aggregator = secagg.Aggregator(
-        load_server_context(files.server_context), round_id=5, roster=roster, min_clients=2
+        load_server_context(key_files.server_context),
+        registry=load_registry(key_files.registry),
+        round_id=5,
+        roster=roster,
+        min_clients=2,
     )
     for cid in roster:
         update = {"w": torch.full((4,), 0.5)}
+        signing = load_signing_key(key_files.signing_keys[cid], client=cid)
         aggregator.add(
             secagg.encrypt_update(
-                keys, update, weight=10, weight_bound=16, round_id=5, client_id=cid, roster=roster
+                keys,
+                update,
+                signing_key=signing,
+                weight=10,
+                weight_bound=16,
+                round_id=5,
+                roster=roster,
             )
         )
     content = RecordDict(
@@ -384,12 +501,23 @@ def test_only_the_key_holder_releases_and_each_round_once(tmp_path: Path) -> Non
             "release": ConfigRecord({"round": 5, "min-clients": 2}),
         }
     )
-    run_config = run_config_from_config(tiny(), server_context=str(files.server_context))
-    node = {"partition-id": 0, "num-partitions": 3, "secret-context": str(files.secret_context)}
+    run_config = _run_config(tiny(), key_files)
+    node = {
+        "warm-worker": False,
+        "partition-id": 0,
+        "num-partitions": 3,
+        "secret-context": str(key_files.secret_context),
+        "signing-key": str(key_files.signing_keys["client-000"]),
+    }
     client_only = Context(RUN_ID, 101, node, RecordDict(), run_config)
     with pytest.raises(ReleaseError, match="not the key holder"):
         handle_release(content, client_only)
-    holder = Context(RUN_ID, 101, {**node, "key-holder": True}, RecordDict(), run_config)
+    holder_node = {
+        **node,
+        "key-holder": True,
+        "key-holder-state": str(key_files.key_holder_state),
+    }
+    holder = Context(RUN_ID, 101, holder_node, RecordDict(), run_config)
     reply = handle_release(content, holder)
     mean = reply.array_records["mean"].to_torch_state_dict()["w"]
     assert torch.allclose(mean, torch.full((4,), 0.5), atol=1e-2)

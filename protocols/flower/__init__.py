@@ -4,7 +4,8 @@
   :class:`secagg.Aggregator`, releases requested from the key-holder node;
 - :mod:`.client_app` — the ClientApp (``app``): DP-SGD on the node's partition,
   encrypted updates, and ``query.release`` on the key-holder node;
-- :mod:`.keys` — generate key files out of band, load them by path;
+- :mod:`.keys` — generate key files out of band (secret context, key-holder state,
+  server context, registry, one signing key per client), load them by path;
 - :mod:`.config` — run config and node config;
 - :mod:`.appdir` — the app folder that ``flwr run`` uploads;
 - :mod:`.deploy` — a local loopback deployment (SuperLink, SuperNodes, ``flwr run``).
@@ -21,12 +22,19 @@ from .config import (
     FLOWER_DEFAULTS,
     FlowerOptions,
     NodeRole,
-    client_id,
     config_from_run_config,
     node_role,
     run_config_from_config,
 )
-from .keys import KeyFiles, generate_keys, load_secret_context, load_server_context
+from .keys import (
+    KeyFiles,
+    generate_keys,
+    load_registry,
+    load_secret_context,
+    load_server_context,
+    load_signing_key,
+    open_key_holder,
+)
 
 __all__ = [
     "APP_NAME",
@@ -36,12 +44,14 @@ __all__ = [
     "KeyFiles",
     "NodeRole",
     "app_pyproject",
-    "client_id",
     "config_from_run_config",
     "generate_keys",
+    "load_registry",
     "load_secret_context",
     "load_server_context",
+    "load_signing_key",
     "node_role",
+    "open_key_holder",
     "run_config_from_config",
     "write_app",
 ]

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from ...errors import ConfigurationError
-from .config import DEFAULT_CONFIG, run_config_from_config
+from ..defaults import recipe_fields
+from .config import AUTO, DEFAULT_CONFIG, run_config_from_config
 
 __all__ = ["APP_NAME", "app_pyproject", "toml_value", "write_app"]
 
@@ -39,7 +40,8 @@ serverapp = "secagg.protocols.flower.server_app:app"
 clientapp = "secagg.protocols.flower.client_app:app"
 
 # Run config: the fields of secagg.protocols.FederationConfig in kebab-case ("none"
-# for an unset optional value), then the Flower-only options. Override any of them
+# for an unset optional value, "auto" for the dataset recipe's value), then the
+# Flower-only options. Override any of them
 # with `flwr run <app> <connection> --run-config 'rounds=5 server-context="/path"'`.
 [tool.flwr.app.config]
 '''
@@ -56,9 +58,14 @@ def toml_value(value: bool | int | float | str) -> str:
 
 
 def app_pyproject() -> str:
-    """The app folder's ``pyproject.toml`` text (run config defaults included)."""
+    """The app folder's ``pyproject.toml`` text (run config defaults included).
+
+    Options that depend on the dataset's recipe are ``"auto"``; the others carry the
+    values of :data:`secagg.protocols.defaults.GENERAL`.
+    """
+    recipe = {name.replace("_", "-") for name in recipe_fields()}
     lines = [
-        f"{key} = {toml_value(value)}"
+        f"{key} = {toml_value(AUTO if key in recipe else value)}"
         for key, value in run_config_from_config(DEFAULT_CONFIG).items()
     ]
     return _HEADER + "\n".join(lines) + "\n"

@@ -9,7 +9,11 @@ A few Flower-only options (paths, timeouts) sit beside them; see :data:`FLOWER_D
 Node configs (``flower-supernode --node-config``) say what a SuperNode is::
 
     partition-id=0 num-partitions=3 secret-context="/etc/secagg/secret-context.secagg"
-    key-holder=true            # this node also releases aggregates (exactly one node)
+    signing-key="/etc/secagg/signing-keys/client-000.secagg"
+    key-holder=true key-holder-state="/etc/secagg/key-holder.secagg"   # exactly one node
+
+Recipe-dependent options default to ``"auto"``: the run's dataset recipe decides
+(:mod:`secagg.protocols.defaults`, the same table ``secagg run`` reads).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigurationError
-from ..config import FederationConfig
+from ..config import FederationConfig, client_id, default_config
+from ..defaults import GENERAL, recipe_fields
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -36,23 +41,16 @@ __all__ = [
     "run_config_from_config",
 ]
 
-#: The apps' default federation: ``secagg run``'s defaults for ``digits`` (10 clients,
-#: 12 rounds, the image recipe), without the attention analysis, which needs every
-#: client in one process and is not available on Flower.
-DEFAULT_CONFIG = FederationConfig(
-    dataset="digits",
-    clients=10,
-    rounds=12,
-    client_optimizer="sgd",
-    lr=1.0,
-    batch_size=64,
-    local_epochs=2,
-    attention_analysis=False,
-)
+#: The apps' default federation: the defaults of the default dataset (``secagg run``'s).
+DEFAULT_CONFIG = default_config()
+
+#: The value of a recipe-dependent option in the app's run config: the dataset decides.
+AUTO = "auto"
 
 #: Flower-only run config keys and their defaults.
 FLOWER_DEFAULTS: dict[str, bool | int | float | str] = {
     "server-context": "",
+    "registry": "",
     "output": "",
     "min-nodes": 0,
     "node-wait-timeout": 120.0,
@@ -73,6 +71,8 @@ class FlowerOptions:
     ----------
     server_context : Path or None
         Server context file (on the SuperLink's machine); required with HE.
+    registry : Path or None
+        The clients' public signing keys (on the SuperLink's machine); required with HE.
     output : Path or None
         Directory where the ServerApp writes ``global_state.pt`` and ``metrics.json``.
     min_nodes : int
@@ -89,6 +89,7 @@ class FlowerOptions:
     """
 
     server_context: Path | None = None
+    registry: Path | None = None
     output: Path | None = None
     min_nodes: int = 0
     node_wait_timeout: float = 120.0
@@ -108,26 +109,27 @@ class NodeRole:
     num_partitions : int or None
         How many partitions the federation has (must equal the run's ``clients``).
     secret_context : Path or None
-        The secret context file on this node (clients encrypt with it; the key holder
-        decrypts with it and records its spent decryption budget there).
+        The secret context file on this node (clients encrypt and MAC-tag with it; the
+        key holder verifies and decrypts with it).
+    signing_key : Path or None
+        A client node's own Ed25519 signing key file.
     key_holder : bool
         Whether this node releases aggregates.
+    key_holder_state : Path or None
+        The key holder's state file (policy, budget spent, registry).
     """
 
     partition_id: int | None
     num_partitions: int | None
     secret_context: Path | None
+    signing_key: Path | None
     key_holder: bool
+    key_holder_state: Path | None
 
     @property
     def is_client(self) -> bool:
         """Whether this node trains (it has a partition)."""
         return self.partition_id is not None
-
-
-def client_id(partition_id: int) -> str:
-    """The client id of a partition, as the in-process federation names it."""
-    return f"client-{partition_id:03d}"
 
 
 def _kebab(name: str) -> str:
@@ -150,12 +152,9 @@ def run_config_from_config(
     Raises
     ------
     ConfigurationError
-        For an unknown Flower option or the attention analysis (not available on Flower).
+        For an unknown Flower option, or the research-only deterministic mode.
     """
-    if config.attention_analysis:
-        raise ConfigurationError(
-            "attention_analysis is not available on Flower; set attention_analysis=False"
-        )
+    _refuse_deterministic(config)
     out: dict[str, bool | int | float | str] = {}
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
@@ -176,6 +175,14 @@ def run_config_from_config(
         options[key] = str(value) if isinstance(value, Path) else value
     out.update(options)
     return out
+
+
+def _refuse_deterministic(config: FederationConfig) -> None:
+    if config.insecure_deterministic:
+        raise ConfigurationError(
+            "insecure-deterministic is for in-process research runs only: on Flower the "
+            "server would know the seed of every client's DP noise"
+        )
 
 
 def _number(key: str, value: Any, kind: type) -> Any:
@@ -231,7 +238,9 @@ def config_from_run_config(
 ) -> tuple[FederationConfig, FlowerOptions]:
     """Decode a run config into a :class:`FederationConfig` and :class:`FlowerOptions`.
 
-    Missing keys take :data:`DEFAULT_CONFIG`'s and :data:`FLOWER_DEFAULTS`' values.
+    Missing keys, and recipe-dependent keys set to ``"auto"``, take the dataset's
+    defaults (:func:`secagg.protocols.default_config`); Flower options take
+    :data:`FLOWER_DEFAULTS`' values.
 
     Raises
     ------
@@ -244,20 +253,22 @@ def config_from_run_config(
         raise ConfigurationError(f"unknown run config keys: {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for key, name in fields.items():
-        if key in run_config:
-            default = getattr(DEFAULT_CONFIG, name)
-            values[name] = _field_value(name, key, run_config[key], default)
-    config = dataclasses.replace(DEFAULT_CONFIG, **values)
-    if config.attention_analysis:
-        raise ConfigurationError(
-            "attention-analysis is not available on Flower; set attention-analysis=false"
-        )
+        if key not in run_config:
+            continue
+        raw = run_config[key]
+        if isinstance(raw, str) and raw.strip().lower() == AUTO and name in recipe_fields():
+            continue
+        values[name] = _field_value(name, key, raw, GENERAL[name])
+    dataset = values.pop("dataset", GENERAL["dataset"])
+    config = default_config(dataset, **values)
+    _refuse_deterministic(config)
     flower: dict[str, Any] = {}
     for key, default in FLOWER_DEFAULTS.items():
         value = run_config.get(key, default)
         flower[key.replace("-", "_")] = _field_value(key, key, value, default)
     options = FlowerOptions(
         server_context=Path(flower["server_context"]) if flower["server_context"] else None,
+        registry=Path(flower["registry"]) if flower["registry"] else None,
         output=Path(flower["output"]) if flower["output"] else None,
         min_nodes=flower["min_nodes"],
         node_wait_timeout=flower["node_wait_timeout"],
@@ -269,8 +280,10 @@ def config_from_run_config(
         raise ConfigurationError("min-nodes and threads must be non-negative")
     if min(options.node_wait_timeout, options.round_timeout, options.release_timeout) <= 0:
         raise ConfigurationError("timeouts must be positive")
-    if config.he and options.server_context is None:
-        raise ConfigurationError("with he=true the run config needs server-context (a path)")
+    if config.he and (options.server_context is None or options.registry is None):
+        raise ConfigurationError(
+            "with he=true the run config needs server-context and registry (paths)"
+        )
     return config, options
 
 
@@ -280,8 +293,8 @@ def node_role(node_config: Mapping[str, Any]) -> NodeRole:
     Raises
     ------
     ConfigurationError
-        If ``partition-id`` and ``num-partitions`` are inconsistent, or a key holder
-        has no ``secret-context``.
+        If ``partition-id`` and ``num-partitions`` are inconsistent, a path is not a
+        string, or a key holder has no ``secret-context`` or ``key-holder-state``.
     """
     partition = node_config.get("partition-id")
     partitions = node_config.get("num-partitions")
@@ -294,17 +307,24 @@ def node_role(node_config: Mapping[str, Any]) -> NodeRole:
             raise ConfigurationError(
                 f"partition-id {partition} is outside [0, num-partitions={partitions})"
             )
-    secret = node_config.get("secret-context", "")
-    if not isinstance(secret, str):
-        raise ConfigurationError("node config secret-context must be a path string")
+    paths = {}
+    for key in ("secret-context", "signing-key", "key-holder-state"):
+        value = node_config.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigurationError(f"node config {key} must be a path string")
+        paths[key] = Path(value) if value else None
     key_holder = node_config.get("key-holder", False)
     if not isinstance(key_holder, bool):
         raise ConfigurationError("node config key-holder must be true or false")
-    if key_holder and not secret:
-        raise ConfigurationError("a key-holder node needs secret-context in its node config")
+    if key_holder and (paths["secret-context"] is None or paths["key-holder-state"] is None):
+        raise ConfigurationError(
+            "a key-holder node needs secret-context and key-holder-state in its node config"
+        )
     return NodeRole(
         partition_id=partition,
         num_partitions=partitions,
-        secret_context=Path(secret) if secret else None,
+        secret_context=paths["secret-context"],
+        signing_key=paths["signing-key"],
         key_holder=key_holder,
+        key_holder_state=paths["key-holder-state"],
     )

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,8 +34,8 @@ import torch
 
 from ..._files import atomic_write_bytes
 from ...errors import ConfigurationError, SecaggError
-from ..aggregation import state_from_bytes
-from ..config import FederationConfig
+from ..backends import state_from_bytes
+from ..config import FederationConfig, client_id, default_config
 from .appdir import toml_value, write_app
 from .config import DEFAULT_CONFIG, run_config_from_config
 from .keys import KeyFiles, find_app_dir, generate_keys
@@ -220,6 +220,8 @@ class LocalDeployment:
                 "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_TELEMETRY_ENABLED": "0",
+                # SuperExec looks for new ClientApp tasks every second by default.
+                "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
                 "PYTHONUNBUFFERED": "1",
                 "PATH": f"{self._bin}{os.pathsep}{env.get('PATH', '')}",
             }
@@ -241,15 +243,23 @@ class LocalDeployment:
         self.processes[name] = process
         return process
 
+    def _worker_dir(self, name: str) -> Path:
+        return self.workdir / "workers" / name
+
     def _node_config(self, index: int | None) -> str:
-        items: dict[str, bool | int | float | str] = {}
+        name = "key-holder" if index is None else f"supernode-{index}"
+        items: dict[str, bool | int | float | str] = {"worker-dir": str(self._worker_dir(name))}
         if index is not None:
             items.update({"partition-id": index, "num-partitions": self.nodes})
-        if self.key_files is not None:
-            items["secret-context"] = str(self.key_files.secret_context)
+        files = self.key_files
+        if files is not None:
+            items["secret-context"] = str(files.secret_context)
+            if index is not None:
+                items["signing-key"] = str(files.signing_keys[client_id(index)])
             holder = index is None if self.dedicated_key_holder else index == 0
             if holder:
                 items["key-holder"] = True
+                items["key-holder-state"] = str(files.key_holder_state)
         return " ".join(f"{k}={toml_value(v)}" for k, v in items.items())
 
     def __enter__(self) -> LocalDeployment:
@@ -323,18 +333,37 @@ class LocalDeployment:
             ]
             self._start(name, supernode)
 
+    def _worker_pids(self) -> list[int]:
+        """PIDs of the nodes' warm workers (each records its own in its worker directory)."""
+        pids = []
+        for pid_file in (self.workdir / "workers").glob("*/worker.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int(pid_file.read_text()))
+        return pids
+
     def process_tree(self) -> list[tuple[int, str | None]]:
-        """``(pid, start time)`` of every running process started here and of their children."""
+        """``(pid, start time)`` of every running process started here, their children, and
+        the nodes' warm workers."""
         tree = []
         for process in self.processes.values():
             for pid in (process.pid, *_descendants(process.pid)):
                 tree.append((pid, _start_time(pid)))
-        return tree
+        tree += [(pid, _start_time(pid)) for pid in self._worker_pids()]
+        return [(pid, started) for pid, started in tree if started is not None]
 
     def stop(self) -> None:
-        """Stop every process started here (and their children), newest first, by PID."""
+        """Stop every process started here (their children and the nodes' warm workers
+        too), newest first, by PID."""
+        workers = [(pid, _start_time(pid)) for pid in self._worker_pids()]
         for name in reversed(list(self.processes)):
             stop_process(self.processes.pop(name))
+        for pid, started in workers:
+            _signal(pid, started, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(is_running(p, s) for p, s in workers):
+            time.sleep(0.1)
+        for pid, started in workers:
+            _signal(pid, started, signal.SIGKILL)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last ``lines`` lines of a process's log."""
@@ -485,12 +514,19 @@ def run_local(
         If the deployment fails to start or the run does not finish.
     """
     root = Path(workdir or tempfile.mkdtemp(prefix="secagg-flower-")).resolve()
-    keys = generate_keys(root / "keys", overwrite=True) if config.he else None
+    keys = (
+        generate_keys(
+            root / "keys", clients=config.clients, min_clients=config.min_clients, overwrite=True
+        )
+        if config.he
+        else None
+    )
     app = write_app(root / "app")
     output = root / "output"
     run_config = run_config_from_config(
         config,
         server_context=str(keys.server_context) if keys else "",
+        registry=str(keys.registry) if keys else "",
         output=str(output),
         threads=threads,
         min_nodes=config.clients + (1 if dedicated_key_holder else 0),
@@ -524,6 +560,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=3, help="client SuperNodes (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
     parser.add_argument("--dataset", default=DEFAULT_CONFIG.dataset, help="bundled dataset")
+    parser.add_argument(
+        "--no-attention", action="store_true", help="skip the attention analysis round"
+    )
     parser.add_argument("--fraction", type=float, default=1.0, help="clients sampled per round")
     parser.add_argument("--min-clients", type=int, default=2, help="fewest updates per round")
     parser.add_argument("--max-examples", type=int, help="subsample the dataset (faster)")
@@ -547,9 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m secagg.protocols.flower.deploy``."""
     args = _parse(argv)
     try:
-        config = replace(
-            DEFAULT_CONFIG,
-            dataset=args.dataset,
+        config = default_config(
+            args.dataset,
             clients=args.nodes,
             rounds=args.rounds,
             fraction=args.fraction,
@@ -557,8 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_examples=args.max_examples,
             seed=args.seed,
             dp=not args.no_dp,
-            noise_multiplier=None if args.no_dp else DEFAULT_CONFIG.noise_multiplier,
+            epsilon=None if args.no_dp else DEFAULT_CONFIG.epsilon,
             he=not args.no_he,
+            attention_analysis=not args.no_attention,
         )
         result = run_local(
             config,
@@ -576,6 +615,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"round {m['round']}: {m['status']}, accuracy {m['accuracy']:.4f}, ε {eps}, "
             f"{len(m['contributors'])}/{len(m['sampled'])} contributors"
         )
+    attention = result.metrics.get("attention")
+    if attention and attention["weights"]:
+        order = sorted(range(len(attention["weights"])), key=lambda i: -attention["weights"][i])
+        top = ", ".join(
+            f"{attention['unit_names'][i]} ({attention['weights'][i]:.3f})" for i in order[:5]
+        )
+        print(f"attention (federation-wide, DP): {top}")
     print(f"flwr run took {result.seconds:.1f} s; logs in {result.log_dir}")
     return 0
 

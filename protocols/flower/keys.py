@@ -1,42 +1,52 @@
 """Key files for a Flower deployment: generate them out of band, load them by path.
 
-The key holder's secret context goes to the client nodes (they encrypt with it) and
-to the one key-holder node (it decrypts and releases); the server context, which
-holds no key at all, goes to the SuperLink machine. Flower uploads the app folder to
-every node, so key files must never be written inside it::
+Flower uploads the app folder to every node, so key files are never written inside
+one. :func:`generate_keys` writes (see :class:`secagg.FederationKeys`)::
 
-    python -m secagg.protocols.flower.keys /etc/secagg --preset default
-    # → /etc/secagg/secret-context.secagg (mode 0600), /etc/secagg/server-context.secagg
+    python -m secagg.protocols.flower.keys /etc/secagg --clients 3 --min-clients 2
+    # secret-context.secagg         0600  client nodes and the key-holder node
+    # signing-keys/client-000.secagg 0600 client node 0 only (one per client)
+    # key-holder.secagg             0600  the key-holder node only
+    # server-context.secagg, registry.secagg  the SuperLink machine (no key)
+
+Every secret file is refused when group or others can read it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._files import atomic_write_bytes
 from ...context import ServerContext
 from ...errors import ConfigurationError, ContextError, SecaggError
-from ...keys import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
+from ...federation_keys import (
+    KEY_HOLDER_FILE,
+    REGISTRY_FILE,
+    SECRET_CONTEXT_FILE,
+    SERVER_CONTEXT_FILE,
+    FederationKeys,
+    signing_key_path,
+)
+from ...keyholder import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
+from ...keys import KeyMaterial
+from ...registry import ClientRegistry, SigningKey
+from ..config import client_id
 
 __all__ = [
-    "SECRET_CONTEXT_NAME",
-    "SERVER_CONTEXT_NAME",
     "KeyFiles",
     "find_app_dir",
     "generate_keys",
+    "load_registry",
     "load_secret_context",
     "load_server_context",
+    "load_signing_key",
     "main",
+    "open_key_holder",
 ]
-
-SECRET_CONTEXT_NAME = "secret-context.secagg"
-SERVER_CONTEXT_NAME = "server-context.secagg"
 
 
 @dataclass(frozen=True)
@@ -45,16 +55,28 @@ class KeyFiles:
 
     Attributes
     ----------
+    directory : Path
+        The folder.
     secret_context : Path
-        Secret context (mode 0600): client nodes and the key-holder node only.
+        Secret context (0600): client nodes and the key-holder node only.
+    key_holder_state : Path
+        The key holder's policy, budget and registry (0600): the key-holder node only.
     server_context : Path
-        Server context (no keys): the SuperLink machine (run config ``server-context``).
+        Server context (no key): the SuperLink machine (run config ``server-context``).
+    registry : Path
+        Public signing keys: the SuperLink machine (run config ``registry``).
+    signing_keys : dict[str, Path]
+        Each client's signing key (0600): that client's node only.
     fingerprint : str
         The key fingerprint every payload carries.
     """
 
+    directory: Path
     secret_context: Path
+    key_holder_state: Path
     server_context: Path
+    registry: Path
+    signing_keys: dict[str, Path]
     fingerprint: str
 
 
@@ -66,9 +88,8 @@ def find_app_dir(path: str | os.PathLike[str]) -> Path | None:
     """
     current = Path(path).expanduser().resolve()
     for folder in (current, *current.parents):
-        pyproject = folder / "pyproject.toml"
         try:
-            text = pyproject.read_text(encoding="utf-8")
+            text = (folder / "pyproject.toml").read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         if "[tool.flwr.app" in text:
@@ -76,53 +97,73 @@ def find_app_dir(path: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def _outside_app(path: str | os.PathLike[str], what: str) -> Path:
+    target = Path(path).expanduser().resolve()
+    app = find_app_dir(target)
+    if app is not None:
+        raise ConfigurationError(
+            f"refusing to use a {what} inside the Flower app folder {app}: flwr run uploads "
+            "it to every node; keep key files outside it"
+        )
+    return target
+
+
 def generate_keys(
     directory: str | os.PathLike[str],
     *,
+    clients: int,
     preset: str = "default",
     decryption_budget: int = DEFAULT_DECRYPTION_BUDGET,
     min_clients: int = DEFAULT_MIN_CLIENTS,
     overwrite: bool = False,
 ) -> KeyFiles:
-    """Generate a key pair of files in ``directory`` (outside any Flower app folder).
+    """Generate a federation's key files in ``directory`` (outside any Flower app folder).
 
     Parameters
     ----------
     directory : path-like
-        Where to write ``secret-context.secagg`` (mode 0600) and
-        ``server-context.secagg`` (mode 0644); created (mode 0700) if missing.
+        Where to write the files; created (mode 0700) if missing.
+    clients : int
+        Number of client nodes (partitions); their ids are ``client-000``, ...
     preset : str, optional
         CKKS parameter preset (see :data:`secagg.PRESETS`).
     decryption_budget : int, optional
         Most ciphertexts the key will ever decrypt (sets the flooding noise).
     min_clients : int, optional
-        The key holder's own policy, kept in the secret context: it never releases a
-        sum of fewer distinct clients, whatever the server or the run config asks.
+        The key holder's own policy: it never releases a sum of fewer distinct clients,
+        whatever the server or the run config asks.
     overwrite : bool, optional
-        Replace existing key files (the old key is lost); refused by default.
+        Replace existing key files (the old keys are lost); refused by default.
 
     Raises
     ------
     ConfigurationError
-        If ``directory`` lies inside a Flower app folder, or key files exist and
-        ``overwrite`` is false.
+        If ``directory`` lies inside a Flower app folder, key files exist and
+        ``overwrite`` is false, or an argument is invalid.
     """
-    target = Path(directory).expanduser().resolve()
-    app = find_app_dir(target)
-    if app is not None:
-        raise ConfigurationError(
-            f"refusing to write keys into the Flower app folder {app}: flwr run uploads "
-            "it to every node; choose a directory outside it"
-        )
-    secret = target / SECRET_CONTEXT_NAME
-    server = target / SERVER_CONTEXT_NAME
-    if not overwrite and (secret.exists() or server.exists()):
+    target = _outside_app(directory, "key directory")
+    if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
+        raise ConfigurationError(f"clients must be a positive int, got {clients!r}")
+    if not overwrite and (target / SECRET_CONTEXT_FILE).exists():
         raise ConfigurationError(f"key files already exist in {target} (pass overwrite=True)")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys = KeyHolder.generate(preset, decryption_budget=decryption_budget, min_clients=min_clients)
-    keys.save(secret)
-    atomic_write_bytes(server, keys.server_context(), mode=0o644)
-    return KeyFiles(secret_context=secret, server_context=server, fingerprint=keys.fingerprint)
+    ids = [client_id(i) for i in range(clients)]
+    keys = FederationKeys.generate(ids, preset=preset)
+    keys.save(target)
+    keys.key_holder(
+        min_clients=min_clients,
+        decryption_budget=decryption_budget,
+        state_path=target / KEY_HOLDER_FILE,
+    )
+    return KeyFiles(
+        directory=target,
+        secret_context=target / SECRET_CONTEXT_FILE,
+        key_holder_state=target / KEY_HOLDER_FILE,
+        server_context=target / SERVER_CONTEXT_FILE,
+        registry=target / REGISTRY_FILE,
+        signing_keys={cid: signing_key_path(target, cid) for cid in ids},
+        fingerprint=keys.material.fingerprint,
+    )
 
 
 def load_server_context(path: str | os.PathLike[str]) -> ServerContext:
@@ -142,50 +183,54 @@ def load_server_context(path: str | os.PathLike[str]) -> ServerContext:
     return ServerContext.from_bytes(data)
 
 
-def load_secret_context(path: str | os.PathLike[str], *, bind: bool = False) -> KeyHolder:
-    """Load a secret context from ``path``, refusing files others can read.
+def load_registry(path: str | os.PathLike[str]) -> ClientRegistry:
+    """Load the clients' public signing keys from ``path``."""
+    return ClientRegistry.load(Path(path).expanduser())
 
-    Parameters
-    ----------
-    path : path-like
-        The secret context file (mode 0600, like an SSH private key).
-    bind : bool, optional
-        Bind the key holder to the file so that every release records its spent
-        decryption budget there (the key-holder node); clients only encrypt and
-        leave the file untouched.
+
+def load_secret_context(path: str | os.PathLike[str]) -> KeyMaterial:
+    """Load the secret context (outside the app folder, mode 0600).
 
     Raises
     ------
     ContextError
         If the file is missing, readable by group or others, or not a secret context.
+    ConfigurationError
+        If it lies inside the Flower app folder.
     """
-    file = Path(path).expanduser()
-    try:
-        mode = file.stat().st_mode
-    except OSError as exc:
-        raise ContextError(f"cannot read secret context {file}: {exc}") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise ContextError(
-            f"secret context {file} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {file}"
-        )
-    if bind:
-        return KeyHolder.load(file)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise ContextError(f"cannot read secret context {file}: {exc}") from None
-    return KeyHolder.from_bytes(data)
+    return KeyMaterial.load(_outside_app(path, "secret context"))
+
+
+def load_signing_key(path: str | os.PathLike[str], *, client: str) -> SigningKey:
+    """Load a client node's signing key and check it signs for ``client``.
+
+    Raises
+    ------
+    ContextError
+        If the file is unusable, too widely readable, or another client's key.
+    """
+    key = SigningKey.load(_outside_app(path, "signing key"))
+    if key.client_id != client:
+        raise ContextError(f"signing key {path} belongs to {key.client_id!r}, not {client!r}")
+    return key
+
+
+def open_key_holder(
+    secret_context: str | os.PathLike[str], state: str | os.PathLike[str]
+) -> KeyHolder:
+    """The key-holder node's :class:`secagg.KeyHolder`, bound to its state file."""
+    keys = load_secret_context(secret_context)
+    return KeyHolder.open(keys, _outside_app(state, "key-holder state"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m secagg.protocols.flower.keys DIR``: generate deployment key files."""
+    """``python -m secagg.protocols.flower.keys DIR --clients K``: generate key files."""
     parser = argparse.ArgumentParser(
         prog="python -m secagg.protocols.flower.keys",
-        description="Generate a secagg key pair of files for a Flower deployment: the secret "
-        "context (client and key-holder nodes) and the server context (SuperLink machine).",
+        description="Generate the key files of a secagg Flower deployment.",
     )
     parser.add_argument("directory", type=Path, help="output directory, outside the app folder")
+    parser.add_argument("--clients", type=int, required=True, help="number of client nodes")
     parser.add_argument("--preset", default="default", help="CKKS parameter preset")
     parser.add_argument(
         "--decryption-budget",
@@ -204,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = generate_keys(
             args.directory,
+            clients=args.clients,
             preset=args.preset,
             decryption_budget=args.decryption_budget,
             min_clients=args.min_clients,
@@ -212,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecaggError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"secret context (client and key-holder nodes only): {files.secret_context}")
-    print(f"server context (SuperLink machine):                {files.server_context}")
+    print(f"secret context (client and key-holder nodes): {files.secret_context}")
+    print(f"key-holder state (the key-holder node only):  {files.key_holder_state}")
+    print(f"signing keys (each client node its own):      {files.directory / 'signing-keys'}")
+    print(f"server context and registry (SuperLink):      {files.server_context}, {files.registry}")
     print(f"key fingerprint: {files.fingerprint}")
     return 0
 

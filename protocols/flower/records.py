@@ -10,23 +10,29 @@ Message types (``Message.metadata.message_type``):
 - ``"query.release"`` (ServerApp → the key holder): the encrypted aggregate in
   ``ArrayRecord`` ``"aggregate"``; the reply holds the flooded mean update
   (``ArrayRecord`` ``"mean"``) and ``ConfigRecord`` ``"released"``.
+- ``"query.attention"`` (ServerApp → every client node, after the last round): the final
+  global model; the reply holds the node's noisy attention sum as an encrypted payload
+  (``ArrayRecord`` ``"update"``) and ``ConfigRecord`` ``"reply"``.
 - ``"query.outcome"`` (ServerApp → a client node, at the end of a run): outcomes only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from ...errors import FormatError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
+    "MESSAGE_ATTENTION",
     "MESSAGE_OUTCOME",
     "MESSAGE_RELEASE",
     "MESSAGE_TRAIN",
@@ -35,7 +41,6 @@ __all__ = [
     "bytes_from_array",
     "bytes_record",
     "config_value",
-    "int_list",
     "json_value",
     "read_bytes",
     "read_state",
@@ -46,6 +51,7 @@ __all__ = [
 MESSAGE_TRAIN = "train"
 MESSAGE_RELEASE = "query.release"
 MESSAGE_OUTCOME = "query.outcome"
+MESSAGE_ATTENTION = "query.attention"
 
 PAYLOAD = "payload"
 
@@ -90,9 +96,16 @@ def read_bytes(content: RecordDict, record: str) -> bytes:
     return bytes_from_array(found[PAYLOAD])
 
 
-def state_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """A model state (or a mean update) as a native ``ArrayRecord``."""
-    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+def state_record(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
+    """A model state (or a mean update: torch tensors or numpy arrays) as an ``ArrayRecord``."""
+    return ArrayRecord(
+        {
+            k: Array(np.ascontiguousarray(v))
+            if isinstance(v, np.ndarray)
+            else v.detach().cpu().contiguous()
+            for k, v in state.items()
+        }
+    )
 
 
 def read_state(content: RecordDict, record: str) -> dict[str, torch.Tensor]:
@@ -198,8 +211,3 @@ def str_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise FormatError(f"{what} must be a list of strings")
     return list(value)
-
-
-def int_list(values: Iterable[int]) -> str:
-    """JSON-encode round numbers."""
-    return json.dumps([int(v) for v in values])
