@@ -876,7 +876,7 @@ def make_dp_steps(dataset: str, *, batch_size: int = 64, max_examples: int | Non
     DPSteps
         The two step functions and a ``close`` that detaches the Opacus hooks.
     """
-    from secagg.client import PrivateClient
+    from secagg.dp.client import PrivateClient
 
     data = _dataset(dataset, max_examples)
     count = min(batch_size, data.num_train)

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from secagg.protocols.datasets import load_dataset
 from secagg.protocols import Federation, FederationConfig
+from secagg.protocols.datasets import load_dataset
 from secagg.protocols.local import (
     NonPrivateClient,
     evaluate,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..dp.layers import BatchFirstDPMultiheadAttention, masked_softmax
 from ..errors import ConfigurationError
-from ..layers import BatchFirstDPMultiheadAttention, masked_softmax
 
 __all__ = [
     "AttentionPooling",

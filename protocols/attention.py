@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..client import PrivateClient
+from ..dp.client import PrivateClient
 from ..errors import ConfigurationError, PrivacyBudgetExceededError
 from .backends import PayloadMaker
 from .local import LocalClient

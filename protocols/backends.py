@@ -20,9 +20,16 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .._validate import check_weight
-from ..aggregate import Aggregator
-from ..context import ServerContext
+from ..crypto._validate import check_weight
+from ..crypto.client import encrypt_update
+from ..crypto.context import ServerContext
+from ..crypto.keyholder import KeyHolder
+from ..crypto.keys import KeyMaterial
+from ..crypto.registry import ClientRegistry, SigningKey
+from ..crypto.server import Aggregator
+from ..crypto.spec import UpdateSpec, flatten_update, unflatten_update
+from ..crypto.wire import field, pack_frame, unpack_frame
+from ..dp.tensors import to_torch
 from ..errors import (
     DuplicateClientError,
     FormatError,
@@ -31,13 +38,6 @@ from ..errors import (
     SpecMismatchError,
     UnknownClientError,
 )
-from ..keyholder import KeyHolder
-from ..keys import KeyMaterial
-from ..registry import ClientRegistry, SigningKey
-from ..spec import UpdateSpec, flatten_update, unflatten_update
-from ..tensors import to_torch
-from ..update import encrypt_update
-from ..wire import field, pack_frame, unpack_frame
 
 __all__ = [
     "EncryptedPayloads",

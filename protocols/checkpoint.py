@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from .._files import atomic_write_bytes
+from ..crypto.wire import MAGIC_CHECKPOINT, pack_frame, unpack_frame
+from ..crypto.wire import field as header_field
 from ..errors import CheckpointError, FormatError
-from ..wire import MAGIC_CHECKPOINT, pack_frame, unpack_frame
-from ..wire import field as header_field
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 

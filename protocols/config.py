@@ -9,8 +9,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..crypto.presets import get_preset
 from ..errors import ConfigurationError
-from ..presets import get_preset
 from .defaults import DATASET_NAMES, GENERAL, RECIPES, SERVER_OPTIMIZERS
 
 __all__ = ["FederationConfig", "client_id", "default_config"]

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..context import ServerContext
+from ..crypto.context import ServerContext
+from ..crypto.registry import ClientRegistry
 from ..errors import FormatError, PayloadError, ReleaseError
-from ..registry import ClientRegistry
 from .attention import AttentionMap
 from .backends import Released, round_server
 from .config import FederationConfig

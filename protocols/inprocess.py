@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from ..crypto.federation_keys import KEY_HOLDER_FILE, FederationKeys
+from ..crypto.keyholder import KeyHolder
 from ..errors import CheckpointError
-from ..federation_keys import KEY_HOLDER_FILE, FederationKeys
-from ..keyholder import KeyHolder
 from .attention import AttentionMap, attention_round
 from .backends import (
     EncryptedPayloads,

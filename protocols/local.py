@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..client import PrivateClient
+from ..dp.client import PrivateClient
 from ..errors import ConfigurationError, PrivacyBudgetExceededError
 from .backends import PayloadMaker
 from .roundlog import ClientReport, RoundPlan

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..client import PrivateClient
+from ..dp.client import PrivateClient
 from ..errors import ConfigurationError
 from .config import FederationConfig, client_id
 from .datasets import Dataset, load_dataset

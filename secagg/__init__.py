@@ -25,17 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import errors
-    from .aggregate import Aggregator, EncryptedAggregate
-    from .client import PrivateClient, plan_noise_multiplier
-    from .context import ServerContext
-    from .federation_keys import FederationKeys
-    from .keyholder import KeyHolder
-    from .keys import KeyMaterial
-    from .presets import PRESETS, Preset, get_preset
-    from .registry import ClientRegistry
-    from .release import ReleasedAggregate
-    from .spec import UpdateSpec, flatten_update, unflatten_update
-    from .update import EncryptedUpdate, encrypt_update
+    from .crypto.client import EncryptedUpdate, encrypt_update
+    from .crypto.context import ServerContext
+    from .crypto.federation_keys import FederationKeys
+    from .crypto.keyholder import KeyHolder
+    from .crypto.keys import KeyMaterial
+    from .crypto.presets import PRESETS, Preset, get_preset
+    from .crypto.registry import ClientRegistry
+    from .crypto.release import ReleasedAggregate
+    from .crypto.server import Aggregator, EncryptedAggregate
+    from .crypto.spec import UpdateSpec, flatten_update, unflatten_update
+    from .dp.client import PrivateClient, plan_noise_multiplier
 
 try:
     __version__ = version("secagg")
@@ -44,24 +44,24 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 # name -> module that defines it (relative to this package)
 _EXPORTS: dict[str, str] = {
-    "Aggregator": ".aggregate",
-    "ClientRegistry": ".registry",
-    "EncryptedAggregate": ".aggregate",
-    "EncryptedUpdate": ".update",
-    "FederationKeys": ".federation_keys",
-    "KeyHolder": ".keyholder",
-    "KeyMaterial": ".keys",
-    "PRESETS": ".presets",
-    "Preset": ".presets",
-    "PrivateClient": ".client",
-    "ReleasedAggregate": ".release",
-    "ServerContext": ".context",
-    "UpdateSpec": ".spec",
-    "encrypt_update": ".update",
-    "flatten_update": ".spec",
-    "get_preset": ".presets",
-    "plan_noise_multiplier": ".client",
-    "unflatten_update": ".spec",
+    "Aggregator": ".crypto.server",
+    "ClientRegistry": ".crypto.registry",
+    "EncryptedAggregate": ".crypto.server",
+    "EncryptedUpdate": ".crypto.client",
+    "FederationKeys": ".crypto.federation_keys",
+    "KeyHolder": ".crypto.keyholder",
+    "KeyMaterial": ".crypto.keys",
+    "PRESETS": ".crypto.presets",
+    "Preset": ".crypto.presets",
+    "PrivateClient": ".dp.client",
+    "ReleasedAggregate": ".crypto.release",
+    "ServerContext": ".crypto.context",
+    "UpdateSpec": ".crypto.spec",
+    "encrypt_update": ".crypto.client",
+    "flatten_update": ".crypto.spec",
+    "get_preset": ".crypto.presets",
+    "plan_noise_multiplier": ".dp.client",
+    "unflatten_update": ".crypto.spec",
 }
 
 __all__ = [

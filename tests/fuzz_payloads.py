@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 import secagg
-from secagg import wire
+from secagg.crypto import wire
+from secagg.crypto.registry import SigningKey
 from secagg.errors import SecaggError
-from secagg.registry import SigningKey
 
 PREFIX = struct.Struct(">4sHIQH")
 ROSTER = ["a", "b", "c"]

@@ -37,10 +37,13 @@ import tenseal.sealapi as sealapi
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 import secagg
-from secagg import wire
-from secagg._codec import pack_coefficients, unpack_coefficients
-from secagg._mac import MacScope, RoundMac
-from secagg._seal import SEED_BYTES
+from secagg.crypto import wire
+from secagg.crypto._codec import pack_coefficients, unpack_coefficients
+from secagg.crypto._mac import MacScope, RoundMac
+from secagg.crypto._seal import SEED_BYTES
+from secagg.crypto.client import mac_scope
+from secagg.crypto.layout import FieldLayout, layout_for
+from secagg.crypto.spec import UpdateSpec
 from secagg.errors import (
     FormatError,
     IntegrityError,
@@ -49,9 +52,6 @@ from secagg.errors import (
     RoundAlreadyReleasedError,
     SecaggError,
 )
-from secagg.layout import FieldLayout, layout_for
-from secagg.spec import UpdateSpec
-from secagg.update import mac_scope
 
 ROSTER = ("a", "b", "c")
 PRESETS = ["small", "approx"]  # one exact, one approximate encoding

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import secagg
-from secagg import wire
-from secagg._codec import pack_coefficients, unpack_coefficients
-from secagg._seal import SEED_BYTES
+from secagg.crypto import wire
+from secagg.crypto._codec import pack_coefficients, unpack_coefficients
+from secagg.crypto._seal import SEED_BYTES
+from secagg.crypto.registry import SigningKey
 from secagg.errors import (
     ConfigurationError,
     DuplicateClientError,
@@ -27,7 +28,6 @@ from secagg.errors import (
     SpecMismatchError,
     UnknownClientError,
 )
-from secagg.registry import SigningKey
 
 ROSTER = ["a", "b", "c"]
 CLIENTS = [*ROSTER, "mallory"]  # mallory is registered, but not on this round's roster

@@ -13,9 +13,17 @@ import tenseal
 import tenseal.sealapi as sealapi
 
 import secagg
-from secagg import wire
-from secagg._seal import SEED_BYTES, SealSession
-from secagg.context import preset_to_header
+from secagg.crypto import wire
+from secagg.crypto._seal import SEED_BYTES, SealSession
+from secagg.crypto.context import preset_to_header
+from secagg.crypto.federation_keys import (
+    REGISTRY_FILE,
+    SECRET_CONTEXT_FILE,
+    SERVER_CONTEXT_FILE,
+    signing_key_path,
+)
+from secagg.crypto.layout import FieldLayout
+from secagg.crypto.registry import SigningKey
 from secagg.errors import (
     ConfigurationError,
     ContextError,
@@ -23,14 +31,6 @@ from secagg.errors import (
     KeyMismatchError,
     SecretKeyExposureError,
 )
-from secagg.federation_keys import (
-    REGISTRY_FILE,
-    SECRET_CONTEXT_FILE,
-    SERVER_CONTEXT_FILE,
-    signing_key_path,
-)
-from secagg.layout import FieldLayout
-from secagg.registry import SigningKey
 
 ROSTER = ["a", "b", "c"]
 NUMEL = 3000

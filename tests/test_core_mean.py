@@ -27,8 +27,8 @@ import torch
 
 import secagg
 from secagg._random import secure_normal, secure_uniform
-from secagg.release import ReleasedAggregate
-from secagg.tensors import to_torch
+from secagg.crypto.release import ReleasedAggregate
+from secagg.dp.tensors import to_torch
 
 
 def _make_update(

@@ -11,10 +11,10 @@ import pytest
 import tenseal.sealapi as sealapi
 
 import secagg
-from secagg._seal import SEED_BYTES, SealParameters, parameters_to_bytes
+from secagg.crypto._seal import SEED_BYTES, SealParameters, parameters_to_bytes
+from secagg.crypto.layout import FieldLayout
+from secagg.crypto.presets import APPROXIMATE, EXACT, SEAL_NOISE_BOUND
 from secagg.errors import ConfigurationError, ContextError
-from secagg.layout import FieldLayout
-from secagg.presets import APPROXIMATE, EXACT, SEAL_NOISE_BOUND
 
 PRESET_NAMES = sorted(secagg.PRESETS)
 EXACT_NAMES = [n for n in PRESET_NAMES if secagg.PRESETS[n].exact]

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import secagg
-from secagg import wire
+from secagg.crypto import wire
+from secagg.crypto.release import flooding_std
+from secagg.dp.tensors import to_torch
 from secagg.errors import (
     ConfigurationError,
     ContextError,
@@ -25,8 +27,6 @@ from secagg.errors import (
     RoundAlreadyReleasedError,
     SecaggError,
 )
-from secagg.release import flooding_std
-from secagg.tensors import to_torch
 
 ROSTER = ["a", "b", "c"]
 

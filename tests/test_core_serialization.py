@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import secagg
-from secagg import wire
-from secagg._seal import SEED_BYTES
+from secagg.crypto import wire
+from secagg.crypto._seal import SEED_BYTES
+from secagg.crypto.registry import SigningKey
+from secagg.dp.tensors import to_torch
 from secagg.errors import (
     ContextError,
     FormatError,
@@ -21,8 +23,6 @@ from secagg.errors import (
     SecaggError,
     SecretKeyExposureError,
 )
-from secagg.registry import SigningKey
-from secagg.tensors import to_torch
 
 ROSTER = ["a", "b", "c"]
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 4.0}

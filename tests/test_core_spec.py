@@ -9,9 +9,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import secagg
+from secagg.crypto.spec import UpdateSpec, flatten_update, unflatten_update
+from secagg.dp.tensors import to_torch
 from secagg.errors import FormatError, SpecMismatchError, UpdateValueError
-from secagg.spec import UpdateSpec, flatten_update, unflatten_update
-from secagg.tensors import to_torch
 
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SPECIAL = [0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), 1e-40, 65504.0, -3.5e38]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import secagg
-from secagg._codec import unpack_coefficients
-from secagg._seal import SEED_BYTES
+from secagg.crypto._codec import unpack_coefficients
+from secagg.crypto._seal import SEED_BYTES
+from secagg.crypto.layout import FieldLayout
 from secagg.errors import ConfigurationError, UpdateValueError
-from secagg.layout import FieldLayout
 
 ROSTER = ["a", "b"]
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import secagg
-from secagg import wire
-from secagg._validate import roster_digest
+from secagg.crypto import wire
+from secagg.crypto._validate import roster_digest
+from secagg.crypto.registry import SigningKey
+from secagg.crypto.spec import UpdateSpec
 from secagg.errors import ContextError, FormatError, IntegrityError, SecaggError
-from secagg.registry import SigningKey
-from secagg.spec import UpdateSpec
 
 PREFIX = struct.Struct(">4sHIQH")
 ROSTER = ["a", "b"]

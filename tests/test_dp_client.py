@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import secagg
-from secagg.client import RDP_ORDERS, PrivateClient, ResearchOnlyWarning, plan_noise_multiplier
+from secagg.dp.client import RDP_ORDERS, PrivateClient, ResearchOnlyWarning, plan_noise_multiplier
 from secagg.errors import CheckpointError, ConfigurationError, PrivacyBudgetExceededError
 from secagg.protocols.datasets import load_dataset
 

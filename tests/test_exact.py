@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import secagg
-from secagg import layout as layout_module
-from secagg.layout import FieldLayout
-from secagg.presets import PRESETS, SEAL_NOISE_BOUND
+from secagg.crypto import layout as layout_module
+from secagg.crypto.layout import FieldLayout
+from secagg.crypto.presets import PRESETS, SEAL_NOISE_BOUND
 
 EXACT = [name for name, preset in PRESETS.items() if preset.exact]
 

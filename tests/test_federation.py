@@ -11,7 +11,7 @@ import torch
 from _tiny import release_std, tiny_config
 
 import secagg
-import secagg.client
+import secagg.dp.client
 from secagg.errors import CheckpointError, ConfigurationError
 from secagg.protocols import Federation, FederationConfig, load_checkpoint
 from secagg.protocols.local import train_round
@@ -158,7 +158,7 @@ def test_epsilon_target_plans_sigma_once_for_the_whole_run() -> None:
     for client in federation.clients:
         steps = config.rounds * client.steps_per_round  # type: ignore[attr-defined]
         sigma = client.noise_multiplier  # type: ignore[attr-defined]
-        assert secagg.client.rdp_epsilon([(sigma, client.sample_rate, steps)], 1e-5) == (  # type: ignore[attr-defined]
+        assert secagg.dp.client.rdp_epsilon([(sigma, client.sample_rate, steps)], 1e-5) == (  # type: ignore[attr-defined]
             pytest.approx(8.0, rel=0.01)
         )
 

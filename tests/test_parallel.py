@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import secagg
-from secagg._parallel import PARALLEL_MIN_CHUNKS
+from secagg.crypto._parallel import PARALLEL_MIN_CHUNKS
 from secagg.errors import ConfigurationError
 
 

@@ -54,7 +54,7 @@ from .records import (
 
 __all__ = ["app", "handle_attention", "handle_outcome", "handle_release", "handle_train"]
 
-_CLIENT_STATE = "secagg.client"
+_CLIENT_STATE = "secagg.dp.client"
 
 app = ClientApp()
 
@@ -357,7 +357,7 @@ def handle_release(content: RecordDict, context: Context) -> RecordDict:
     PayloadError
         If the aggregate is malformed or made under another key.
     """
-    from ...aggregate import EncryptedAggregate
+    from ...crypto.server import EncryptedAggregate
     from .keys import open_key_holder
 
     config, role = _setup(context)

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...context import ServerContext
-from ...errors import ConfigurationError, ContextError, SecaggError
-from ...federation_keys import (
+from ...crypto.context import ServerContext
+from ...crypto.federation_keys import (
     KEY_HOLDER_FILE,
     REGISTRY_FILE,
     SECRET_CONTEXT_FILE,
@@ -31,9 +30,10 @@ from ...federation_keys import (
     FederationKeys,
     signing_key_path,
 )
-from ...keyholder import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
-from ...keys import KeyMaterial
-from ...registry import ClientRegistry, SigningKey
+from ...crypto.keyholder import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
+from ...crypto.keys import KeyMaterial
+from ...crypto.registry import ClientRegistry, SigningKey
+from ...errors import ConfigurationError, ContextError, SecaggError
 from ..config import client_id
 
 __all__ = [

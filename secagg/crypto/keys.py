@@ -15,11 +15,11 @@ import os
 import secrets
 from pathlib import Path
 
-from ._files import atomic_write_bytes, read_secret_file
+from .._files import atomic_write_bytes, read_secret_file
+from ..errors import ContextError, FormatError
 from ._mac import MAC_KEY_BYTES
 from ._seal import SealParameters, SealSession, parameters_for, parameters_to_bytes
 from .context import ServerContext, preset_from_header, preset_to_header, server_context_bytes
-from .errors import ContextError, FormatError
 from .presets import Preset, get_preset
 from .wire import MAGIC_KEY, MAGIC_SERVER_CONTEXT, field, pack_frame, unpack_frame
 

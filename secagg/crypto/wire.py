@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = [
     "FORMAT_VERSION",

@@ -49,18 +49,18 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._files import atomic_write_bytes
-from ._random import secure_normal, secure_seed
-from .errors import (
+from .._files import atomic_write_bytes
+from .._random import secure_normal, secure_seed
+from ..crypto.client import encrypt_update
+from ..crypto.keys import KeyMaterial
+from ..crypto.registry import SigningKey
+from ..errors import (
     CheckpointError,
     ConfigurationError,
     PrivacyBudgetExceededError,
     UpdateValueError,
 )
-from .keys import KeyMaterial
 from .layers import BatchFirstDPMultiheadAttention
-from .registry import SigningKey
-from .update import encrypt_update
 
 __all__ = [
     "RANDOMNESS",

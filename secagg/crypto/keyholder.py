@@ -21,12 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write_bytes, read_secret_file
-from ._mac import RoundMac
-from ._parallel import map_blocks
-from ._validate import check_count
-from .aggregate import EncryptedAggregate
-from .errors import (
+from .._files import atomic_write_bytes, read_secret_file
+from ..errors import (
     ConfigurationError,
     ContextError,
     DecryptionBudgetExceededError,
@@ -36,12 +32,16 @@ from .errors import (
     RosterError,
     RoundAlreadyReleasedError,
 )
+from ._mac import RoundMac
+from ._parallel import map_blocks
+from ._validate import check_count
+from .client import mac_scope
 from .keys import KeyMaterial
 from .layout import FieldLayout, layout_for
 from .registry import ClientRegistry
 from .release import ReleasedAggregate, flooding_std, secure_gaussian
+from .server import EncryptedAggregate
 from .spec import unflatten_update
-from .update import mac_scope
 from .wire import MAGIC_KEY_HOLDER, field, pack_frame, unpack_frame
 
 __all__ = ["DEFAULT_DECRYPTION_BUDGET", "DEFAULT_MIN_CLIENTS", "KeyHolder"]

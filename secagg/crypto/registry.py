@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from ._files import atomic_write_bytes, read_secret_file
-from .errors import ConfigurationError, ContextError, FormatError, SignatureError
+from .._files import atomic_write_bytes, read_secret_file
+from ..errors import ConfigurationError, ContextError, FormatError, SignatureError
 from .wire import MAGIC_REGISTRY, MAGIC_SIGNING_KEY, field, pack_frame, unpack_frame
 
 __all__ = ["MAX_CLIENT_ID_LENGTH", "ClientRegistry", "SigningKey", "check_client_id"]

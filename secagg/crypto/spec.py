@@ -3,7 +3,7 @@
 An update is a mapping of names to floating-point arrays: numpy arrays, or torch
 tensors (read without importing torch here: a torch tensor can only exist if torch
 is already imported). :func:`unflatten_update` gives numpy arrays back;
-:func:`secagg.tensors.to_torch` (the training layer) restores torch tensors with their
+:func:`secagg.dp.tensors.to_torch` (the training layer) restores torch tensors with their
 original dtypes.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, SpecMismatchError, UpdateValueError
+from ..errors import FormatError, SpecMismatchError, UpdateValueError
 
 __all__ = ["TensorSpec", "UpdateSpec", "flatten_update", "unflatten_update"]
 
@@ -172,7 +172,7 @@ def unflatten_update(flat: np.ndarray, spec: UpdateSpec) -> dict[str, np.ndarray
     """Rebuild arrays with the original names and shapes from a flat vector.
 
     The arrays have the spec's dtype (``bfloat16`` comes back as ``float32``; use
-    :func:`secagg.tensors.to_torch` for torch tensors of the exact dtype).
+    :func:`secagg.dp.tensors.to_torch` for torch tensors of the exact dtype).
 
     Raises
     ------

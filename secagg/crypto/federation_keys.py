@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import atomic_write_bytes
+from .._files import atomic_write_bytes
+from ..errors import ConfigurationError
 from ._validate import check_roster
 from .context import ServerContext
-from .errors import ConfigurationError
 from .keyholder import DEFAULT_DECRYPTION_BUDGET, DEFAULT_MIN_CLIENTS, KeyHolder
 from .keys import KeyMaterial
 from .presets import Preset

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["PARALLEL_MIN_CHUNKS", "default_workers", "map_blocks"]
 

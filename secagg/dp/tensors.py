@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .spec import UpdateSpec
+from ..crypto.spec import UpdateSpec
 
 __all__ = ["to_torch"]
 

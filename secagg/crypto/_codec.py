@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["pack_coefficients", "packed_size", "unpack_coefficients"]
 

@@ -28,7 +28,7 @@ import numpy as np
 import tenseal.sealapi as sealapi
 import zstandard
 
-from .errors import ContextError, FormatError
+from ..errors import ContextError, FormatError
 from .presets import Preset
 
 __all__ = [

@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: N812
 from opacus.layers import DPMultiheadAttention
 from torch import Tensor
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["BatchFirstDPMultiheadAttention", "masked_softmax"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ContextError, FormatError, SecretKeyExposureError
 from ._seal import SealParameters
-from .errors import ContextError, FormatError, SecretKeyExposureError
 from .presets import PRESETS, Preset
 from .wire import MAGIC_KEY, MAGIC_SERVER_CONTEXT, field, pack_frame, unpack_frame
 

@@ -1,12 +1,12 @@
 """The encrypted update: weigh, check, lay out, encrypt, MAC-tag, frame, sign.
 
-Wire form (a :mod:`secagg.wire` frame, always Ed25519-signed by the client)::
+Wire form (a :mod:`secagg.crypto.wire` frame, always Ed25519-signed by the client)::
 
     header   fingerprint, preset, layout, spec (+ hash), round id, client id,
              roster (+ digest), the MAC tag (one integer per data prime)
     chunks   one per ciphertext: the 64-byte seed of c1, then c0 bit-packed
 
-The MAC tag (:mod:`secagg._mac`) lets the key holder verify, before decrypting, that
+The MAC tag (:mod:`secagg.crypto._mac`) lets the key holder verify, before decrypting, that
 an aggregate is exactly the sum of the claimed clients' ciphertexts of this round.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigurationError, FormatError, UpdateValueError
 from ._codec import pack_coefficients, packed_size
 from ._mac import MacScope, RoundMac
 from ._parallel import map_blocks
@@ -29,7 +30,6 @@ from ._validate import (
     check_weight,
     roster_digest,
 )
-from .errors import ConfigurationError, FormatError, UpdateValueError
 from .keys import KeyMaterial
 from .layout import FieldLayout, Layout, layout_for
 from .presets import Preset

@@ -11,9 +11,9 @@ layout; it adds Gaussian flooding noise of standard deviation
 guide), where ``τ`` is the number of ciphertext decryptions the key may ever release
 (its decryption budget), ``s`` the statistical security parameter and ``t`` a
 high-probability bound on the decoded error of the aggregate
-(:meth:`secagg.presets.Preset.noise_bound`). The bound ``t`` holds because the key
+(:meth:`secagg.crypto.presets.Preset.noise_bound`). The bound ``t`` holds because the key
 holder decrypts only sums it has verified to be honest sums of fresh ciphertexts
-(:mod:`secagg._mac`). The noise comes from the operating system's CSPRNG.
+(:mod:`secagg.crypto._mac`). The noise comes from the operating system's CSPRNG.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._random import secure_normal
+from .._random import secure_normal
 from .spec import UpdateSpec
 
 __all__ = ["ReleasedAggregate", "flooding_std", "secure_gaussian"]
@@ -37,7 +37,7 @@ class ReleasedAggregate:
     ----------
     mean : dict[str, numpy.ndarray]
         The weighted mean update with the original names and shapes
-        (:func:`secagg.tensors.to_torch` gives torch tensors with the original dtypes).
+        (:func:`secagg.dp.tensors.to_torch` gives torch tensors with the original dtypes).
     spec : UpdateSpec
         The update layout.
     weight_sum : float

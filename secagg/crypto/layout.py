@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._random import secure_bits32
-from .errors import IntegrityError
+from .._random import secure_bits32
+from ..errors import IntegrityError
 from .presets import SEAL_NOISE_BOUND, Preset
 
 __all__ = ["FIELD_LAYOUT", "SLOT_LAYOUT", "FieldLayout", "Layout", "SlotLayout", "layout_for"]

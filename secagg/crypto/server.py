@@ -13,11 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._codec import pack_coefficients, unpack_coefficients
-from ._seal import SEED_BYTES
-from ._validate import check_count, check_roster, check_round_id
-from .context import ServerContext
-from .errors import (
+from ..errors import (
     ConfigurationError,
     DuplicateClientError,
     FormatError,
@@ -27,10 +23,14 @@ from .errors import (
     SpecMismatchError,
     UnknownClientError,
 )
+from ._codec import pack_coefficients, unpack_coefficients
+from ._seal import SEED_BYTES
+from ._validate import check_count, check_roster, check_round_id
+from .client import EncryptedUpdate, chunk_size
+from .context import ServerContext
 from .layout import layout_for
 from .registry import ClientRegistry, check_client_id
 from .spec import UpdateSpec
-from .update import EncryptedUpdate, chunk_size
 from .wire import MAGIC_AGGREGATE, pack_frame, unpack_frame
 from .wire import field as header_field
 

@@ -22,7 +22,7 @@ Approximate presets (``encoding="approximate"``)
 ------------------------------------------------
 Two reals per complex slot at CKKS scale ``2^scale_bits``: 7.5 bytes per parameter,
 values up to ``2^(60 - scale_bits - 2) / max_clients``, and every released coordinate
-flooded with Gaussian noise (see :mod:`secagg.release`), because a raw CKKS
+flooded with Gaussian noise (see :mod:`secagg.crypto.release`), because a raw CKKS
 decryption would leak the secret key (Li and Micciancio 2021).
 
 Security basis
@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = [
     "APPROXIMATE",

@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from .errors import ConfigurationError, UpdateValueError
+from ..errors import ConfigurationError, UpdateValueError
 from .registry import check_client_id
 
 __all__ = [
