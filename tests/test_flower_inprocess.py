@@ -226,7 +226,7 @@ def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 
 
 def _ledger(context: Context) -> list[Any]:
-    record = context.state.config_records["secagg.dp.client"]
+    record = context.state.config_records["secagg.client"]
     return list(json.loads(str(record["ledger"]))["accountant"]["history"])
 
 

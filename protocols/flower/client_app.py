@@ -54,7 +54,7 @@ from .records import (
 
 __all__ = ["app", "handle_attention", "handle_outcome", "handle_release", "handle_train"]
 
-_CLIENT_STATE = "secagg.dp.client"
+_CLIENT_STATE = "secagg.client"
 
 app = ClientApp()
 
