@@ -131,10 +131,11 @@ class RoundCoordinator:
         """Run one training round; the global model moves only by a released mean."""
         plan = self.round_plan(round_id)
         log = RoundLog(plan)
-        log.record(self.transport.train(plan, self.global_state))
-        released, status = self._aggregate_and_release(log)
-        if released is not None:
-            self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
+        with log.timed("wall"):
+            log.record(self.transport.train(plan, self.global_state))
+            released, status = self._aggregate_and_release(log)
+            if released is not None:
+                self.global_state = self.server_optimizer.apply(self.global_state, released.mean)
         return self._finish(log, status)
 
     def run_attention(self) -> AttentionMap:

@@ -98,7 +98,9 @@ class RoundLog:
     contributors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("train", "encrypt", "aggregate", "decrypt"), 0.0)
+        default_factory=lambda: dict.fromkeys(
+            ("train", "encrypt", "aggregate", "decrypt", "wall"), 0.0
+        )
     )
 
     @property
@@ -123,11 +125,14 @@ class RoundLog:
         ]
 
     def record(self, reports: Sequence[ClientReport]) -> None:
-        """Keep the clients' reports and add their timings."""
+        """Keep the clients' reports and add their timings (``slowest_client``: the
+        longest train + encrypt of one client, what a parallel round waits for)."""
         for report in reports:
             self.reports[report.client_id] = report
             self.seconds["train"] += report.train_seconds
             self.seconds["encrypt"] += report.encrypt_seconds
+        client = [r.train_seconds + r.encrypt_seconds for r in self.reports.values()]
+        self.seconds["slowest_client"] = max(client, default=0.0)
 
     def aggregate(self, server: object) -> bytes | None:
         """Feed the reports' payloads (roster order) to ``server`` and finalize (timed).

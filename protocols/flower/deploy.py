@@ -611,9 +611,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for m in result.metrics["metrics"]:
         eps = "∞" if m["epsilon_max"] is None else f"{m['epsilon_max']:.2f}"
+        seconds = m["seconds"]
         print(
             f"round {m['round']}: {m['status']}, accuracy {m['accuracy']:.4f}, ε {eps}, "
-            f"{len(m['contributors'])}/{len(m['sampled'])} contributors"
+            f"{len(m['contributors'])}/{len(m['sampled'])} contributors, "
+            f"{seconds['wall']:.1f} s ({seconds['slowest_client']:.1f} s of it the slowest "
+            "client's training and encryption)"
         )
     attention = result.metrics.get("attention")
     if attention and attention["weights"]:
