@@ -1,6 +1,6 @@
 """Load: aggregate N clients x P parameters in one process; print RSS as clients grow.
 
-Usage: ``python tests/load_aggregate.py --clients 100 --params 1000000 --dir DIR``.
+Usage: ``python tests/crypto/load_aggregate.py --clients 100 --params 1000000 --dir DIR``.
 Every client's update is really encrypted and signed first (written to DIR), then a
 fresh aggregator adds them one by one, reading each file just before adding it, and
 reports its resident memory after every client. The key holder then verifies and

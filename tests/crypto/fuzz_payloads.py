@@ -14,7 +14,7 @@ checks behind the signature are reached.
 
 Usage::
 
-    python tests/fuzz_payloads.py [--cases N] [--other-cases M] [--seed S]
+    python tests/crypto/fuzz_payloads.py [--cases N] [--other-cases M] [--seed S]
 
 ``--cases`` defaults to ``$SECAGG_FUZZ_CASES`` or 1000 (update payloads); ``--other-cases``
 (aggregates, server contexts, secret contexts, key-holder states, registries, signing

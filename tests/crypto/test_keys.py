@@ -66,7 +66,7 @@ def _aggregate(
 
 
 def _within_release_tolerance(release: secagg.ReleasedAggregate, exact: np.ndarray) -> bool:
-    """7-sigma flooding band (see test_core_mean) plus a generous CKKS allowance."""
+    """7-sigma flooding band (see tests/crypto/test_mean.py) plus a generous CKKS allowance."""
     tol = 7 * release.mean_error_std * np.sqrt(1 + exact**2) + 1e-9 * (1 + np.abs(exact))
     return bool((np.abs(release.mean["w"] - exact) <= tol).all())
 

@@ -412,7 +412,7 @@ def test_generated_key_files_have_safe_modes_and_stay_out_of_app_folders(tmp_pat
 
 
 def test_the_app_folder_in_the_source_tree_is_up_to_date() -> None:
-    folder = Path(__file__).resolve().parents[1] / "protocols" / "flower" / "app"
+    folder = Path(__file__).resolve().parents[3] / "protocols" / "flower" / "app"
     assert sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]
     assert (folder / "pyproject.toml").read_text(encoding="utf-8") == app_pyproject()
 

@@ -32,7 +32,7 @@ def _run_fuzz(cases: int, other_cases: int, seed: int, timeout: float) -> dict[s
         text=True,
         timeout=timeout,
         check=False,
-        cwd=SCRIPT.parent.parent,
+        cwd=SCRIPT.parents[2],
     )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode >= 0, f"fuzz process killed by signal {-proc.returncode}:\n{tail}"

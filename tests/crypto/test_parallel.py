@@ -33,7 +33,7 @@ def _release(fed: secagg.FederationKeys, payloads: Sequence[bytes]) -> secagg.Re
 
 
 def _assert_close(released: secagg.ReleasedAggregate, exact: np.ndarray) -> None:
-    """Within the 7-sigma flooding band of the mean (derivation in test_core_mean)."""
+    """Within the 7-sigma flooding band of the mean (derivation in tests/crypto/test_mean.py)."""
     tol = 7 * released.mean_error_std * np.sqrt(1 + exact**2) + 1e-9
     assert (np.abs(released.mean["w"] - exact) <= tol).all()
 

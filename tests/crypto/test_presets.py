@@ -23,7 +23,7 @@ APPROX_NAMES = [n for n in PRESET_NAMES if not secagg.PRESETS[n].exact]
 
 def _tolerance(release: secagg.ReleasedAggregate, exact: np.ndarray, noise: float) -> np.ndarray:
     """7 standard deviations of what secure aggregation adds (flooding or rounding), plus
-    the CKKS bound for approximate presets (derivation in test_core_mean)."""
+    the CKKS bound for approximate presets (derivation in tests/crypto/test_mean.py)."""
     return 7 * release.mean_error_std * np.sqrt(1 + exact**2) + (1 + np.abs(exact)) * (
         noise / release.weight_sum
     )

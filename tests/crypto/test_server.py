@@ -85,7 +85,7 @@ def _assert_mean_of(
     assert sorted(release.contributors) == sorted(clients)
     total = sum(WEIGHTS[c] for c in clients)
     exact = sum(WEIGHTS[c] * HONEST[c]["w"].numpy() for c in clients) / total
-    # 7-sigma flooding band (derivation in test_core_mean) plus a CKKS allowance.
+    # 7-sigma flooding band (derivation in tests/crypto/test_mean.py) plus a CKKS allowance.
     tol = 7 * release.mean_error_std * np.sqrt(1 + exact**2) + 1e-9 * (1 + np.abs(exact))
     assert (np.abs(release.mean["w"] - exact) <= tol).all()
     rounding = len(clients) / fed.material.preset.levels  # the weights' quantisation
