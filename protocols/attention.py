@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..dp.client import PrivateClient
-from ..errors import ConfigurationError, PrivacyBudgetExceededError
+from ..errors import ConfigurationError, PrivacyBudgetExceededError, UpdateValueError
 from .backends import PayloadMaker
-from .local import LocalClient
+from .local import LocalClient, refused_report
 from .roundlog import ClientReport, RoundPlan
 
 __all__ = ["AttentionMap", "attention_round", "local_attention_rows"]
@@ -111,13 +111,19 @@ def attention_round(
     else:
         total = rows.sum(dim=0)
     computed = time.perf_counter()
-    payload = payloads.payload(
-        {"attention": (total / len(inputs)).float()},
-        weight=float(len(inputs)),
-        weight_bound=weight_bound,
-        round_id=plan.aggregation_round,
-        roster=plan.roster,
-    )
+    try:
+        payload = payloads.payload(
+            {"attention": (total / len(inputs)).float()},
+            weight=float(len(inputs)),
+            weight_bound=weight_bound,
+            round_id=plan.aggregation_round,
+            roster=plan.roster,
+            scale=plan.update_scale,
+        )
+    except UpdateValueError as exc:
+        return refused_report(
+            client_id, client, epsilon_before, exc, train_seconds=computed - start
+        )
     return ClientReport(
         client_id,
         "trained",

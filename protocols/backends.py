@@ -13,6 +13,7 @@ Every role talks to the others through bytes only, in both engines.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,12 +32,14 @@ from ..crypto.spec import UpdateSpec, flatten_update, unflatten_update
 from ..crypto.wire import field, pack_frame, unpack_frame
 from ..dp.tensors import to_torch
 from ..errors import (
+    ConfigurationError,
     DuplicateClientError,
     FormatError,
     NotEnoughClientsError,
     RoundMismatchError,
     SpecMismatchError,
     UnknownClientError,
+    UpdateValueError,
 )
 
 __all__ = [
@@ -49,8 +52,10 @@ __all__ = [
     "Releaser",
     "RoundServer",
     "round_server",
+    "scaled",
     "state_from_bytes",
     "state_to_bytes",
+    "unscaled",
 ]
 
 _MAGIC_PLAIN_UPDATE = b"SAPU"
@@ -77,8 +82,13 @@ class PayloadMaker(Protocol):
         weight_bound: float,
         round_id: int,
         roster: Sequence[str],
+        scale: float = 1.0,
     ) -> bytes:
-        """Serialize (and for HE, encrypt, tag and sign) the weighted update."""
+        """Serialize (and for HE, encrypt, tag and sign) ``weight/weight_bound · update/scale``.
+
+        ``scale`` is the run's public bound on the update's coordinates (the coordinator
+        multiplies the released mean by it).
+        """
         ...
 
 
@@ -122,11 +132,12 @@ class EncryptedPayloads:
         weight_bound: float,
         round_id: int,
         roster: Sequence[str],
+        scale: float = 1.0,
     ) -> bytes:
-        """Encrypt, MAC-tag and sign the weighted update."""
+        """Encrypt, MAC-tag and sign the weighted, scaled update."""
         return encrypt_update(
             self.keys,
-            update,
+            scaled(update, scale),
             signing_key=self.signing_key,
             weight=weight,
             weight_bound=weight_bound,
@@ -149,13 +160,12 @@ class PlaintextPayloads:
         weight_bound: float,
         round_id: int,
         roster: Sequence[str],
+        scale: float = 1.0,
     ) -> bytes:
-        """Frame ``weight/weight_bound · update``."""
+        """Frame ``weight/weight_bound · update/scale``."""
         weight, weight_bound = check_weight(weight, weight_bound)
-        flat, spec = flatten_update(update)
+        flat, spec = flatten_update(scaled(update, scale))
         if not np.isfinite(flat).all():
-            from ..errors import UpdateValueError
-
             raise UpdateValueError("update holds non-finite values")
         normalised = weight / weight_bound
         header = {
@@ -165,6 +175,29 @@ class PlaintextPayloads:
             "spec": spec.to_json(),
         }
         return pack_frame(_MAGIC_PLAIN_UPDATE, header, [(flat * normalised).tobytes()])
+
+
+def scaled(update: Mapping[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """``update / scale`` (the run's public bound on its coordinates), tensor by tensor.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``scale`` is not a positive finite number.
+    """
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigurationError(f"the update scale must be a positive number, got {scale!r}")
+    if scale == 1.0:
+        return dict(update)
+    return {name: tensor / scale for name, tensor in update.items()}
+
+
+def unscaled(released: Released, scale: float) -> Released:
+    """The released mean multiplied back by the round's update scale."""
+    if scale == 1.0:
+        return released
+    mean = {name: tensor * scale for name, tensor in released.mean.items()}
+    return Released(mean, released.weight_sum, released.contributors)
 
 
 def round_server(

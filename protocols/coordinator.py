@@ -24,7 +24,7 @@ from ..crypto.context import ServerContext
 from ..crypto.registry import ClientRegistry
 from ..errors import FormatError, PayloadError, ReleaseError
 from .attention import AttentionMap
-from .backends import Released, round_server
+from .backends import Released, round_server, unscaled
 from .config import FederationConfig
 from .plan import RunPlan
 from .roundlog import ClientReport, RoundLog, RoundMetrics, RoundPlan, round_metrics
@@ -119,12 +119,23 @@ class RoundCoordinator:
             for cid, draw in zip(roster, draws, strict=True)
             if draw < config.dropout
         }
-        return RoundPlan(round_id, self.aggregation_round(round_id), roster, dropouts)
+        return RoundPlan(
+            round_id,
+            self.aggregation_round(round_id),
+            roster,
+            dropouts,
+            update_scale=self.plan.update_scale,
+        )
 
     def attention_plan(self) -> RoundPlan:
         """The analysis round: every client, the round after the last training round."""
         round_id = self.config.rounds + 1
-        return RoundPlan(round_id, self.aggregation_round(round_id), tuple(self.client_ids))
+        return RoundPlan(
+            round_id,
+            self.aggregation_round(round_id),
+            tuple(self.client_ids),
+            update_scale=self.plan.attention_scale,
+        )
 
     # ------------------------------------------------------------------ rounds
     def run_round(self, round_id: int) -> RoundMetrics:
@@ -185,6 +196,7 @@ class RoundCoordinator:
         trained = log.trained
         committed = [c for c in trained if c in log.contributors] if aggregate is not None else []
         discarded = [c for c in trained if c not in committed]
+        committed += log.refused  # refused on the client: counted, never rolled back
         self.transport.settle(plan, committed=committed, discarded=discarded)
         for cid in committed:
             self.epsilons[cid] = log.reports[cid].epsilon_after
@@ -196,7 +208,7 @@ class RoundCoordinator:
             self.before_release(plan.round_id)
         try:
             with log.timed("decrypt"):
-                released = self.transport.release(plan, aggregate)
+                released = unscaled(self.transport.release(plan, aggregate), plan.update_scale)
             self._check_released(released, log)
         except (ReleaseError, PayloadError) as exc:
             log.notes.insert(0, f"not released: {exc}")

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..dp.client import PrivateClient
-from ..errors import ConfigurationError, PrivacyBudgetExceededError
+from ..errors import ConfigurationError, PrivacyBudgetExceededError, UpdateValueError
 from .backends import PayloadMaker
 from .roundlog import ClientReport, RoundPlan
 
@@ -202,6 +202,26 @@ def train_round(
     return sum(losses) / max(1, len(losses))
 
 
+def refused_report(
+    client_id: str,
+    client: LocalClient | PrivateClient,
+    epsilon_before: float,
+    exc: Exception,
+    *,
+    train_seconds: float,
+) -> ClientReport:
+    """The report of a client whose update its payload maker refused (nothing sent)."""
+    return ClientReport(
+        client_id,
+        "refused",
+        None,
+        epsilon_before,
+        client.epsilon(),
+        train_seconds=train_seconds,
+        note=f"{type(exc).__name__}: {exc}",
+    )
+
+
 def client_round(
     client: LocalClient | PrivateClient,
     payloads: PayloadMaker,
@@ -227,13 +247,17 @@ def client_round(
             client_id, "declined", None, epsilon_before, epsilon_before, note=str(exc)
         )
     trained = time.perf_counter()
-    made = payloads.payload(
-        client.model_update(),
-        weight=float(client.num_examples),
-        weight_bound=weight_bound,
-        round_id=plan.aggregation_round,
-        roster=plan.roster,
-    )
+    try:
+        made = payloads.payload(
+            client.model_update(),
+            weight=float(client.num_examples),
+            weight_bound=weight_bound,
+            round_id=plan.aggregation_round,
+            roster=plan.roster,
+            scale=plan.update_scale,
+        )
+    except UpdateValueError as exc:
+        return refused_report(client_id, client, epsilon_before, exc, train_seconds=trained - start)
     encrypted = time.perf_counter()
     size = len(made)
     dropout = plan.dropouts.get(client_id)

@@ -17,14 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dp.client import PrivateClient
+from ..dp.client import PrivateClient, plan_noise_multiplier
 from ..errors import ConfigurationError
 from .config import FederationConfig, client_id
 from .datasets import Dataset, load_dataset
 from .local import LocalClient, NonPrivateClient, derive_seed, make_loader, make_optimizer
 from .partition import dirichlet_partition
 
-__all__ = ["RunPlan", "client_id"]
+__all__ = ["RunPlan", "client_id", "update_scale"]
+
+#: Largest per-coordinate step of Adam with torch's default betas, in units of the
+#: learning rate: (1 - β1) / sqrt(1 - β2) (Kingma and Ba 2015, section 2.1).
+ADAM_STEP_BOUND = (1 - 0.9) / math.sqrt(1 - 0.999)
+#: Gaussian tail used for the DP noise in the bound: P(|z| > 8) < 1.3e-15 per coordinate.
+NOISE_TAIL = 8.0
+#: A non-private SGD client clips nothing: its gradient coordinates are assumed to stay
+#: within this many clipping norms (an update beyond the bound is refused, never clipped).
+NONPRIVATE_GRADIENT_BOUND = 10.0
 
 
 @dataclass
@@ -38,6 +47,7 @@ class RunPlan:
     dataset: Dataset
     partitions: list[np.ndarray[Any, np.dtype[np.int64]]]
     weight_bound: float
+    update_scale: float = 1.0
 
     @classmethod
     def load(cls, config: FederationConfig) -> RunPlan:
@@ -49,7 +59,17 @@ class RunPlan:
         )
         largest = max(len(p) for p in partitions)
         weight_bound = float(2 ** math.ceil(math.log2(largest)))
-        return cls(config, dataset, list(partitions), weight_bound)
+        scale = update_scale(config, [len(p) for p in partitions])
+        return cls(config, dataset, list(partitions), weight_bound, scale)
+
+    @property
+    def attention_scale(self) -> float:
+        """The public bound on the analysis round's values: a client's noisy attention
+        sum over at most ``weight_bound`` examples, each row a distribution, divided by
+        ``weight_bound``: at most ``1 + NOISE_TAIL·σ/weight_bound``."""
+        config = self.config
+        sigma = config.attention_noise_multiplier if config.dp else 0.0
+        return 1.0 + NOISE_TAIL * float(sigma) / self.weight_bound
 
     @property
     def client_ids(self) -> list[str]:
@@ -135,3 +155,41 @@ class RunPlan:
             randomness="deterministic" if config.insecure_deterministic else "secure",
             **privacy,
         )
+
+
+def update_scale(config: FederationConfig, sizes: list[int]) -> float:
+    """A public bound on any coordinate of any client's update in this run.
+
+    Clients send ``update / update_scale`` (and the coordinator multiplies the released
+    mean back), so that the encrypted values stay inside the preset's range. The bound
+    follows from the recipe alone (public): ``S`` local steps of learning rate ``lr``
+    move a coordinate by at most ``lr·S·C`` with per-sample clipping to ``C``, plus the
+    DP noise (``NOISE_TAIL`` standard deviations of ``lr·σ·C·sqrt(S)/B``, with the σ each
+    client plans), or ``ADAM_STEP_BOUND·lr·S`` with Adam. A client whose update still
+    exceeds it is refused with a typed error (nothing is clipped) and keeps its spending.
+    """
+    bound = 0.0
+    for n in sorted(set(sizes)):
+        batch = min(config.batch_size, n)
+        per_epoch = math.ceil(n / batch)  # len(DataLoader): the DP client's 1/q
+        steps = config.local_epochs * per_epoch
+        if config.client_optimizer == "adam":
+            bound = max(bound, ADAM_STEP_BOUND * config.lr * steps)
+            continue
+        if not config.dp:
+            bound = max(bound, config.lr * steps * NONPRIVATE_GRADIENT_BOUND * config.clip)
+            continue
+        sigma = config.noise_multiplier
+        if sigma is None:
+            extra = [config.attention_noise_multiplier] if config.attention_analysis else []
+            sigma = plan_noise_multiplier(
+                target_epsilon=float(config.epsilon or 0.0),
+                delta=config.delta,
+                sample_rate=1.0 / per_epoch,
+                steps=config.rounds * steps,
+                extra_noise_multipliers=extra,
+            )
+        expected_batch = max(1, int(n / per_epoch))
+        noise = NOISE_TAIL * sigma * math.sqrt(steps) / expected_batch
+        bound = max(bound, config.lr * config.clip * (steps + noise))
+    return bound if bound > 0 else 1.0

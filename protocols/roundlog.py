@@ -44,12 +44,16 @@ class RoundPlan:
     dropouts : dict[str, str]
         Simulated failures: ``"silent"`` (never uploads) or ``"truncate"`` (killed
         mid-upload), by client id.
+    update_scale : float
+        The public bound on the coordinates of the payloads' values: clients send
+        ``update / update_scale`` and the coordinator multiplies the release back.
     """
 
     round_id: int
     aggregation_round: int
     roster: tuple[str, ...]
     dropouts: dict[str, str] = field(default_factory=dict)
+    update_scale: float = 1.0
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ClientReport:
     """What one client did in a round."""
 
     client_id: str
-    status: str  # "trained", "declined" or "failed"
+    status: str  # "trained", "refused", "declined" or "failed"
     payload: bytes | None
     epsilon_before: float
     epsilon_after: float
@@ -107,6 +111,13 @@ class RoundLog:
     def trained(self) -> list[str]:
         """Clients that trained this round (their spending is pending)."""
         return [c for c, r in self.reports.items() if r.status == "trained"]
+
+    @property
+    def refused(self) -> list[str]:
+        """Clients that trained but whose update their payload maker refused (out of
+        range): nothing was sent, and their spending is kept (the refusal depends on
+        the DP output, so it is counted, never rolled back)."""
+        return [c for c, r in self.reports.items() if r.status == "refused"]
 
     @property
     def declined(self) -> list[str]:
@@ -186,6 +197,9 @@ def round_metrics(
     notes = list(log.notes)
     if log.declined:
         notes.append(f"over budget: {', '.join(log.declined)}")
+    refused = [f"{c}: {r.note}" for c, r in log.reports.items() if r.status == "refused"]
+    if refused:
+        notes.append(f"refused at the client: {'; '.join(refused)}")
     failed = [f"{c}: {r.note}" for c, r in log.reports.items() if r.status == "failed"]
     if failed:
         notes.append(f"failed: {'; '.join(failed)}")

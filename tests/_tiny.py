@@ -35,10 +35,12 @@ def release_std(federation: Federation, contributors: int) -> float:
     """Standard deviation secure aggregation adds to one coordinate of a released sum.
 
     Flooding for approximate presets; the contributors' stochastic rounding for exact
-    presets (``sqrt(k)`` clients' rounding errors).
+    presets (``sqrt(k)`` clients' rounding errors); both on values divided by the run's
+    public update scale, which the coordinator multiplies back.
     """
     holder = federation.key_holder
     assert holder is not None  # an HE federation after run()
     preset = holder.keys.preset
     flooding = holder.flooding_std(contributors)
-    return math.sqrt(flooding**2 + contributors * preset.quantization_std**2)
+    scale = federation.plan.update_scale
+    return scale * math.sqrt(flooding**2 + contributors * preset.quantization_std**2)

@@ -27,24 +27,31 @@ def test_example_is_a_short_loop_with_four_secagg_lines() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_readme_training_loop_runs_and_produces_a_decryptable_update() -> None:
+def test_readme_training_loop_runs_and_produces_a_verifiable_update() -> None:
     namespace: dict[str, object] = {}
     exec(compile(readme_example(), str(README), "exec"), namespace)
     client = namespace["client"]
-    keys = namespace["keys"]
+    federation = namespace["federation"]
     payload = namespace["payload"]
-    assert isinstance(client, secagg.PrivateClient) and isinstance(keys, secagg.KeyHolder)
+    assert isinstance(client, secagg.PrivateClient)
+    assert isinstance(federation, secagg.FederationKeys)
     assert isinstance(payload, bytes)
     assert client.epsilon() > 0
     update = secagg.EncryptedUpdate.from_bytes(payload)
     assert update.client_id == "hospital-a" and update.round_id == 1
-    keys.min_clients = 1  # the key holder's policy: this test releases one client's update
+    roster = ["hospital-a", "hospital-b"]
     aggregator = secagg.Aggregator(
-        keys.server_context(), round_id=1, roster=["hospital-a", "hospital-b"], min_clients=1
+        federation.server_context(),
+        registry=federation.registry,
+        round_id=1,
+        roster=roster,
+        min_clients=1,
     )
     aggregator.add(payload)
-    released = keys.release(aggregator.finalize())
-    expected = client.model_update()
-    for name, tensor in expected.items():
-        assert released.mean[name].shape == tensor.shape
-        assert float((released.mean[name] - tensor).abs().max()) < 50 * released.mean_error_std
+    # the key holder's policy: this test releases one client's update
+    released = federation.key_holder(min_clients=1).release(aggregator.finalize())
+    assert released.contributors == ("hospital-a",)
+    for name, tensor in client.model_update().items():
+        assert released.mean[name].shape == tuple(tensor.shape)
+        error = float(abs(released.mean[name] - tensor.numpy()).max())
+        assert error < 50 * released.mean_error_std

@@ -27,6 +27,7 @@ Noise and batch sampling come from each node's OS CSPRNG; the server never knows
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,14 +252,15 @@ def _client_turn(
             client.load_state_dict(json.loads(state.ledger))
         before = client.state_dict()
         report = work(client, payloads, cid, plan, global_state, run, index)
-        if report.status == "trained":
+        if report.status in ("trained", "refused"):
             client.commit_round()
     finally:
         close = getattr(client, "close", None)
         if close is not None:
             close()
-    if report.status == "trained":
+    if report.status in ("trained", "refused"):
         state.ledger = json.dumps(client.state_dict())
+    if report.status == "trained":  # a refused update is counted for good: no undo
         state.undo_round = round_id
         state.undo_ledger = json.dumps(before)
     state.last_round = round_id
@@ -307,7 +309,7 @@ def handle_train(content: RecordDict, context: Context) -> RecordDict:
             client,
             payloads,
             client_id=cid,
-            plan=plan,
+            plan=dataclasses.replace(plan, update_scale=run.update_scale),
             global_state=state,
             weight_bound=run.weight_bound,
             seed=run.round_seed(plan.round_id, index),
@@ -331,7 +333,7 @@ def handle_attention(content: RecordDict, context: Context) -> RecordDict:
             client,
             payloads,
             client_id=cid,
-            plan=plan,
+            plan=dataclasses.replace(plan, update_scale=run.attention_scale),
             global_state=state,
             inputs=run.dataset.x_train[idx],
             weight_bound=run.weight_bound,

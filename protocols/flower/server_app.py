@@ -251,7 +251,7 @@ class FlowerTransport:
 
     def _read_report(self, node: int, content: RecordDict, plan: RoundPlan) -> ClientReport | None:
         status = config_value(content, "reply", "status", str)
-        if status not in ("trained", "declined"):
+        if status not in ("trained", "refused", "declined"):
             return None
         cid = config_value(content, "reply", "client-id", str)
         if cid != self._client_of(node):

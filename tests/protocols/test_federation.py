@@ -82,6 +82,37 @@ def test_skipped_round_leaves_model_and_ledgers_unchanged() -> None:
     assert all(client.epsilon() == 0.0 for client in federation.clients)
 
 
+def test_every_dp_update_stays_within_the_public_update_scale() -> None:
+    # The scale is a bound derived from the public recipe; an update beyond it would be
+    # refused. Large steps (lr 2, 3 epochs) on purpose: the bound must hold, not be lucky.
+    config = tiny(rounds=1, fraction=1.0, he=False, lr=2.0, local_epochs=3)
+    federation = Federation(config)
+    scale = federation.plan.update_scale
+    worst = 0.0
+    for client in federation.clients:
+        train_round(client, federation.global_state, seed=None)
+        update = client.model_update()
+        worst = max(worst, max(float(t.abs().max()) for t in update.values()))
+        client.discard_round()
+    assert 0.0 < worst <= scale
+    assert scale < 1e3  # a bound, not a way to switch the check off
+
+
+def test_an_update_beyond_the_scale_is_refused_at_the_client_and_its_spending_kept() -> None:
+    config = tiny(fraction=1.0, rounds=1, min_clients=2)
+    federation = Federation(config)
+    federation.plan.update_scale = 1e-6  # no DP update is this small: every client refuses
+    before = {k: v.clone() for k, v in federation.global_state.items()}
+    result = federation.run()
+    metrics = result.metrics[0]
+    assert metrics.status == "skipped"  # nothing was sent, so nothing was summed
+    assert "refused at the client: client-000: UpdateValueError" in metrics.note
+    assert _weights_close(before, result.global_state) == 0.0
+    # the refusal depends on the DP output: counted, never rolled back
+    assert all(client.epsilon() > 0.0 for client in federation.clients)
+    assert metrics.epsilon_max is not None and metrics.epsilon_max > 0.0
+
+
 def test_truncated_uploads_are_rejected_and_the_round_goes_on() -> None:
     config = tiny(fraction=1.0, clients=6, min_clients=2, dropout=0.5, rounds=2, seed=5)
     result = Federation(config).run()
