@@ -333,6 +333,19 @@ def state_to_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def state_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    """Load a model state written by :func:`state_to_bytes` (tensors only, no pickle code)."""
-    loaded = torch.load(io.BytesIO(data), weights_only=True)
-    return {str(k): v for k, v in loaded.items()}
+    """Load a model state written by :func:`state_to_bytes` (tensors only, no pickle code).
+
+    Raises
+    ------
+    FormatError
+        If ``data`` is not a serialized mapping of names to tensors.
+    """
+    try:
+        loaded = torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    except Exception as exc:  # torch raises many types on hostile bytes
+        raise FormatError(f"unreadable model state: {type(exc).__name__}") from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise FormatError("a model state must map names to tensors")
+    return dict(loaded)

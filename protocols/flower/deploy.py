@@ -40,6 +40,7 @@ from .appdir import toml_value, write_app
 from .config import DEFAULT_CONFIG, run_config_from_config
 from .keys import KeyFiles, find_app_dir, generate_keys
 from .server_app import GLOBAL_STATE_FILE, METRICS_FILE
+from .supernode import DEFAULT_POLL_INTERVAL, capped_time
 
 __all__ = [
     "DeploymentError",
@@ -181,6 +182,9 @@ class LocalDeployment:
         the CA certificate. Default: ``--insecure`` (loopback only).
     startup_timeout : float, optional
         Most seconds to wait for the SuperLink to listen.
+    poll_interval : float or None, optional
+        Start SuperNodes with :mod:`secagg.protocols.flower.supernode` and this idle
+        poll (default 0.1 s); ``None`` runs Flower's plain ``flower-supernode``.
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class LocalDeployment:
         dedicated_key_holder: bool = False,
         tls: bool = False,
         startup_timeout: float = 60.0,
+        poll_interval: float | None = DEFAULT_POLL_INTERVAL,
     ) -> None:
         if nodes < 1:
             raise ConfigurationError("a deployment needs at least one SuperNode")
@@ -203,6 +208,9 @@ class LocalDeployment:
         self.dedicated_key_holder = dedicated_key_holder
         self.startup_timeout = startup_timeout
         self.tls = tls
+        if poll_interval is not None:
+            capped_time(poll_interval)  # validates it here, not in every node's log
+        self.poll_interval = poll_interval
         self.certs: dict[str, Path] = {}
         self.log_dir = self.workdir / "logs"
         self.port = 0
@@ -320,7 +328,7 @@ class LocalDeployment:
         for index in indices:
             name = "key-holder" if index is None else f"supernode-{index}"
             supernode = [
-                str(self._bin / "flower-supernode"),
+                *self._supernode_command(),
                 *node_security,
                 "--superlink",
                 f"{HOST}:{self.port}",
@@ -332,6 +340,12 @@ class LocalDeployment:
                 self._node_config(index),
             ]
             self._start(name, supernode)
+
+    def _supernode_command(self) -> list[str]:
+        if self.poll_interval is None:
+            return [str(self._bin / "flower-supernode")]
+        launcher = "secagg.protocols.flower.supernode"
+        return [sys.executable, "-m", launcher, "--poll-interval", str(self.poll_interval)]
 
     def _worker_pids(self) -> list[int]:
         """PIDs of the nodes' warm workers (each records its own in its worker directory)."""
@@ -501,6 +515,7 @@ def run_local(
     tls: bool = False,
     timeout: float = 600.0,
     threads: int = 1,
+    poll_interval: float | None = DEFAULT_POLL_INTERVAL,
 ) -> DeploymentResult:
     """Run ``config`` on a fresh local deployment (one SuperNode per client).
 
@@ -535,7 +550,12 @@ def run_local(
         node_wait_timeout=timeout,
     )
     deployment = LocalDeployment(
-        root, keys, nodes=config.clients, dedicated_key_holder=dedicated_key_holder, tls=tls
+        root,
+        keys,
+        nodes=config.clients,
+        dedicated_key_holder=dedicated_key_holder,
+        tls=tls,
+        poll_interval=poll_interval,
     )
     with deployment:
         seconds = deployment.run(app, run_config, timeout=timeout)
@@ -577,6 +597,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tls", action="store_true", help="TLS with a throw-away CA instead of --insecure"
     )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL,
+        help=f"SuperNodes' idle poll in seconds (default {DEFAULT_POLL_INTERVAL})",
+    )
+    parser.add_argument(
+        "--plain-supernode",
+        action="store_true",
+        help="Flower's own flower-supernode (3 s idle poll), for comparison",
+    )
     parser.add_argument("--workdir", type=Path, help="keep keys, logs and output here")
     parser.add_argument("--timeout", type=float, default=900.0, help="most seconds for the run")
     return parser.parse_args(argv)
@@ -605,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dedicated_key_holder=args.dedicated_key_holder,
             tls=args.tls,
             timeout=args.timeout,
+            poll_interval=None if args.plain_supernode else args.poll_interval,
         )
     except SecaggError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,14 +2,15 @@
 
 Message types (``Message.metadata.message_type``):
 
-- ``"train"`` (ServerApp → client nodes): the global model (``ArrayRecord`` ``"global"``),
+- ``"train"`` (ServerApp → client nodes): the global model (``ArrayRecord`` ``"global"``,
+  one serialized state),
   the round's instructions (``ConfigRecord`` ``"round"``) and the outcomes of the node's
   earlier rounds (``ConfigRecord`` ``"outcomes"``). The reply holds the encrypted update
   as one ``uint8`` :class:`flwr.app.Array` in ``ArrayRecord`` ``"update"`` (Flower
   chunks it) and what the node did in ``ConfigRecord`` ``"reply"``.
 - ``"query.release"`` (ServerApp → the key holder): the encrypted aggregate in
-  ``ArrayRecord`` ``"aggregate"``; the reply holds the flooded mean update
-  (``ArrayRecord`` ``"mean"``) and ``ConfigRecord`` ``"released"``.
+  ``ArrayRecord`` ``"aggregate"``; the reply holds the released mean update
+  (``ArrayRecord`` ``"mean"``, one serialized state) and ``ConfigRecord`` ``"released"``.
 - ``"query.attention"`` (ServerApp → every client node, after the last round): the final
   global model; the reply holds the node's noisy attention sum as an encrypted payload
   (``ArrayRecord`` ``"update"``) and ``ConfigRecord`` ``"reply"``.
@@ -97,15 +98,21 @@ def read_bytes(content: RecordDict, record: str) -> bytes:
 
 
 def state_record(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
-    """A model state (or a mean update: torch tensors or numpy arrays) as an ``ArrayRecord``."""
-    return ArrayRecord(
-        {
-            k: Array(np.ascontiguousarray(v))
-            if isinstance(v, np.ndarray)
-            else v.detach().cpu().contiguous()
-            for k, v in state.items()
-        }
-    )
+    """A model state (or a mean update: torch tensors or numpy arrays) as one byte payload.
+
+    One array per message rather than one per tensor: Flower stores and transfers every
+    array as its own object, and a model of 40 tensors sent to every node would cost
+    hundreds of round trips per round.
+    """
+    import torch
+
+    from ..backends import state_to_bytes
+
+    tensors = {
+        k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+        for k, v in state.items()
+    }
+    return bytes_record(state_to_bytes(tensors))
 
 
 def read_state(content: RecordDict, record: str) -> dict[str, torch.Tensor]:
@@ -114,15 +121,11 @@ def read_state(content: RecordDict, record: str) -> dict[str, torch.Tensor]:
     Raises
     ------
     FormatError
-        If the record is missing or holds anything but numpy arrays.
+        If the record is missing or holds anything but a serialized model state.
     """
-    found = content.array_records.get(record)
-    if found is None:
-        raise FormatError(f"message has no {record!r} array record")
-    try:
-        return {str(k): v.clone() for k, v in found.to_torch_state_dict().items()}
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"unreadable {record!r} arrays: {exc}") from None
+    from ..backends import state_from_bytes
+
+    return state_from_bytes(read_bytes(content, record))
 
 
 def config_value(content: RecordDict, record: str, key: str, kind: type | tuple[type, ...]) -> Any:

@@ -36,6 +36,7 @@ import secagg
 from secagg.errors import (
     ConfigurationError,
     ContextError,
+    FormatError,
     ReleaseError,
     RoundAlreadyReleasedError,
     SecretKeyExposureError,
@@ -57,7 +58,7 @@ from secagg.protocols.flower import (
 from secagg.protocols.flower.client_app import app as client_app
 from secagg.protocols.flower.client_app import handle_release
 from secagg.protocols.flower.keys import main as keys_main
-from secagg.protocols.flower.records import bytes_record
+from secagg.protocols.flower.records import bytes_record, read_state, state_record
 from secagg.protocols.flower.server_app import FlowerServer, run_server
 
 pytestmark = [pytest.mark.flower, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -519,7 +520,22 @@ def test_only_the_key_holder_releases_and_each_round_once(key_files: Any) -> Non
     }
     holder = Context(RUN_ID, 101, holder_node, RecordDict(), run_config)
     reply = handle_release(content, holder)
-    mean = reply.array_records["mean"].to_torch_state_dict()["w"]
+    mean = read_state(reply, "mean")["w"]
     assert torch.allclose(mean, torch.full((4,), 0.5), atol=1e-2)
     with pytest.raises(RoundAlreadyReleasedError):
         handle_release(content, holder)
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage", b"PK\x03\x04" + bytes(60)])
+def test_a_hostile_model_state_raises_a_format_error(data: bytes) -> None:
+    content = RecordDict({"global": bytes_record(data)})
+    with pytest.raises(FormatError):
+        read_state(content, "global")
+
+
+def test_a_model_state_is_one_array_per_message() -> None:
+    state = {f"layer{i}.weight": torch.randn(3, 4) for i in range(40)}
+    record = state_record(state)
+    assert list(record) == ["payload"]  # one Flower object, not forty
+    back = read_state(RecordDict({"global": record}), "global")
+    assert all(torch.equal(back[k], state[k]) for k in state)

@@ -1,0 +1,114 @@
+"""``flower-supernode`` with a shorter idle poll: the same node, less waiting per message.
+
+Flower 1.42's SuperNode asks the SuperLink for a message and, when there is none,
+sleeps a fixed 3 s before asking again; after handing a message to its ClientApp it
+checks for the reply every 0.5 s. A secagg round is two sequential exchanges (the
+clients' training, then the key holder's release), so those fixed waits alone cost a
+round about 3-7 s whatever the training takes. This launcher runs Flower's own
+``flower-supernode`` entry point unchanged, with those two waits capped at
+``--poll-interval`` seconds (default 0.1), and takes every ``flower-supernode`` option::
+
+    python -m secagg.protocols.flower.supernode --poll-interval 0.1 \\
+        --superlink superlink.example.org:9092 --root-certificates certs/ca.crt \\
+        --node-config 'partition-id=0 num-partitions=3 ...'
+
+Each node then polls the SuperLink up to ``1 / poll-interval`` times a second while
+idle: fine for tens of nodes; keep Flower's default (plain ``flower-supernode``) for
+large fleets, where the SuperLink's load matters more than a round's latency.
+
+The cap replaces the ``time`` module seen by ``flwr.supernode.start_client_internal``
+alone (nothing else in the process changes); :func:`check_flower_loop` refuses to start
+if the pinned Flower's loop no longer has the waits this was written for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+import types
+from collections.abc import Sequence
+
+from ...errors import ConfigurationError
+
+__all__ = ["DEFAULT_POLL_INTERVAL", "capped_time", "check_flower_loop", "main"]
+
+#: Seconds between a node's polls while idle (Flower's own: 3 s, then 0.5 s for replies).
+DEFAULT_POLL_INTERVAL = 0.1
+
+# What the pinned Flower's SuperNode loop must contain for the cap to apply.
+_FLOWER_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
+
+
+def capped_time(poll_interval: float) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` waits at most ``poll_interval``.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``poll_interval`` is not a finite number in ``[0.01, 3]``.
+    """
+    if (
+        not isinstance(poll_interval, int | float)
+        or not math.isfinite(poll_interval)
+        or not 0.01 <= poll_interval <= 3.0
+    ):
+        raise ConfigurationError("--poll-interval must be a number of seconds in [0.01, 3]")
+    shim = types.ModuleType("time", "time, with sleep capped for Flower's SuperNode loop")
+    shim.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
+
+    def sleep(seconds: float) -> None:
+        time.sleep(min(float(seconds), poll_interval))
+
+    shim.sleep = sleep  # type: ignore[attr-defined]
+    return shim
+
+
+def check_flower_loop(module: types.ModuleType) -> None:
+    """Refuse a Flower whose SuperNode loop is not the one this launcher was written for.
+
+    Raises
+    ------
+    ConfigurationError
+        If the loop's fixed waits are gone (a newer Flower): use ``flower-supernode``.
+    """
+    source = inspect.getsource(module)
+    missing = [wait for wait in _FLOWER_WAITS if wait not in source]
+    if missing or not isinstance(getattr(module, "time", None), types.ModuleType):
+        raise ConfigurationError(
+            "this Flower's SuperNode loop differs from Flower 1.42's (no "
+            f"{', '.join(missing) or 'module-level time'}); run flower-supernode instead"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``flower-supernode`` with ``argv`` (minus ``--poll-interval S``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    interval = DEFAULT_POLL_INTERVAL
+    try:
+        if "--poll-interval" in args:
+            at = args.index("--poll-interval")
+            if at + 1 >= len(args):
+                raise ConfigurationError("--poll-interval needs a number of seconds")
+            try:
+                interval = float(args[at + 1])
+            except ValueError:
+                raise ConfigurationError("--poll-interval needs a number of seconds") from None
+            del args[at : at + 2]
+        shim = capped_time(interval)
+        from flwr.supernode import start_client_internal
+        from flwr.supernode.cli.flower_supernode import flower_supernode
+
+        check_flower_loop(start_client_internal)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start_client_internal.time = shim  # type: ignore[attr-defined]
+    sys.argv = ["flower-supernode", *args]
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The SuperNode launcher: Flower's own node, its fixed idle waits capped, nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from secagg.errors import ConfigurationError
+from secagg.protocols.flower.supernode import capped_time, check_flower_loop, main
+
+pytestmark = pytest.mark.flower
+
+
+def test_capped_sleep_waits_at_most_the_interval_and_shorter_sleeps_unchanged() -> None:
+    shim = capped_time(0.05)
+    start = time.perf_counter()
+    shim.sleep(3)  # Flower's idle wait
+    assert time.perf_counter() - start < 1.0
+    start = time.perf_counter()
+    shim.sleep(0.03)
+    assert time.perf_counter() - start >= 0.025
+    assert shim.monotonic is time.monotonic  # everything else is the real module
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, 5.0, float("nan"), "0.1"])
+def test_bad_poll_intervals_are_refused(interval: object) -> None:
+    with pytest.raises(ConfigurationError, match="poll-interval"):
+        capped_time(interval)  # type: ignore[arg-type]
+
+
+def test_the_pinned_flower_loop_has_the_waits_the_launcher_caps() -> None:
+    from flwr.supernode import start_client_internal
+
+    check_flower_loop(start_client_internal)
+
+
+def test_a_flower_without_those_waits_is_refused() -> None:
+    other = types.ModuleType("start_client_internal")
+    other.__file__ = __file__  # any source without Flower 1.42's waits
+    other.time = time  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="flower-supernode instead"):
+        check_flower_loop(other)
+
+
+def test_the_launcher_rejects_a_bad_interval_with_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--poll-interval", "soon", "--insecure"]) == 2
+    assert main(["--poll-interval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --poll-interval needs a number of seconds",
+        "error: --poll-interval needs a number of seconds",
+    ]
+
+
+def test_the_launcher_runs_flowers_own_supernode_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "secagg.protocols.flower.supernode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "--superlink" in done.stdout and "--node-config" in done.stdout
