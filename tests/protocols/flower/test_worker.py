@@ -19,7 +19,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from secagg.errors import ReleaseError
+from secagg.errors import ConfigurationError, ReleaseError
 from secagg.protocols.flower import worker
 
 pytestmark = pytest.mark.flower
@@ -134,3 +134,19 @@ def test_warm_worker_can_be_switched_off(tmp_path: Path) -> None:
     assert not worker.enabled(context)
     with pytest.raises(Exception, match="warm-worker"):
         worker.enabled(_context(tmp_path, 7005, **{"warm-worker": "yes"}))
+
+
+def test_the_worker_directory_must_be_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another local user able to enter the socket directory could talk to the worker
+    # (which holds the client's model, data and ledger): such a directory is refused.
+    monkeypatch.setattr(worker.tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"secagg-{os.getuid()}"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(ConfigurationError, match="mode 0700"):
+        worker.socket_path(_context(tmp_path, 1))
+    shared.chmod(0o700)
+    path = worker.socket_path(_context(tmp_path, 1))
+    assert path.parent == shared and stat.S_IMODE(shared.stat().st_mode) == 0o700
