@@ -37,7 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a federated training job on a bundled dataset",
         description="Run an in-process federation: DP-SGD clients, encrypted updates, "
-        "a key-less aggregator and a key holder that releases only the flooded mean.",
+        "a key-less aggregator and a key holder that releases only verified sums.",
     )
     run.add_argument("--dataset", help="bundled dataset (default: mnist)")
     run.add_argument("--clients", type=int, help="number of clients K (default 10)")

@@ -4,7 +4,7 @@ Each round the :class:`~secagg.protocols.coordinator.RoundCoordinator` samples c
 this engine hands each sampled client the global weights as bytes, runs its local
 training (DP-SGD, CSPRNG noise) and collects its signed, MAC-tagged encrypted update;
 the coordinator sums the updates holding only the server context and asks the key
-holder, which verifies the sum before it decrypts anything, for the flooded mean.
+holder, which verifies the sum before it decrypts anything, for the released mean.
 
 Privacy ledgers follow the release: a skipped round rolls every pending spend back;
 otherwise the contributors' spending is final and *checkpointed before* the key holder

@@ -10,7 +10,7 @@ Every SuperNode runs this app; its node config says what it does (see
   ``query.attention`` with its noisy attention sum;
 - the **key-holder node** (``key-holder=true``, ``secret-context``, ``key-holder-state``;
   it may be a client node too) answers ``query.release``: it verifies the server's
-  encrypted sum before decrypting anything and releases only the noise-flooded mean.
+  encrypted sum before decrypting anything and releases only the mean (exact, or noise-flooded).
   Its state file records the spent decryption budget, so exactly one node holds this role.
 
 A node forwards every message to its warm worker process (:mod:`.worker`), which keeps

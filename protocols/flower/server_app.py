@@ -9,7 +9,7 @@ does, exactly as in the in-process engine; :class:`FlowerTransport` only carries
 3. round outcomes (whose spending is final, whose is rolled back) ride on the next
    message to each node;
 4. the encrypted sum goes to the key-holder node in a ``query.release`` message; the
-   key holder verifies it before decrypting and replies with the flooded mean;
+   key holder verifies it before decrypting and replies with the released mean;
 5. after the last round, ``query.attention`` runs the attention analysis.
 
 It does not use ``Strategy.start``, which would send the aggregate (a ciphertext here)

@@ -9,7 +9,8 @@ there atomically before anything is released.
 The order of :meth:`KeyHolder.release` is the safety argument of
 ``docs/THREAT_MODEL.md``: structure and policy checks, then the MAC check of the
 whole sum (nothing decrypted, no budget spent if it fails), then the budget is spent
-and persisted, then SEAL decrypts, then the result is flooded and released.
+and persisted, then SEAL decrypts, then the exact sum is recovered by rounding (exact
+presets) or the result is flooded (approximate presets), and released.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ _MIN_WEIGHT_SUM_SIGMAS = 10.0
 
 
 class KeyHolder:
-    """Releases the flooded weighted mean of verified aggregates, within a decryption budget.
+    """Releases the weighted mean of verified aggregates (exact, or flooded within a budget).
 
     Parameters
     ----------
@@ -294,7 +295,7 @@ class KeyHolder:
     def release(
         self, aggregate: EncryptedAggregate | bytes, *, min_clients: int | None = None
     ) -> ReleasedAggregate:
-        """Verify an aggregate, then decrypt it and release its flooded weighted mean.
+        """Verify an aggregate, then decrypt it and release its weighted mean.
 
         The key holder releases at most one aggregate per round id, in increasing
         order, and never a sum of fewer distinct registered clients than the largest

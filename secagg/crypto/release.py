@@ -31,7 +31,7 @@ __all__ = ["ReleasedAggregate", "flooding_std", "secure_gaussian"]
 
 @dataclass(frozen=True)
 class ReleasedAggregate:
-    """A verified, decrypted, noise-flooded aggregate as the key holder releases it.
+    """A verified, decrypted aggregate as the key holder releases it (exact, or flooded).
 
     Attributes
     ----------
@@ -41,7 +41,7 @@ class ReleasedAggregate:
     spec : UpdateSpec
         The update layout.
     weight_sum : float
-        Sum of the contributors' normalised weights (flooded).
+        Sum of the contributors' normalised weights (exact, or flooded).
     contributors : tuple[str, ...]
         Client ids whose updates are in the sum.
     round_id : int
