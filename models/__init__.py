@@ -1,12 +1,15 @@
 """Attention classifiers built for DP-SGD with Opacus.
 
-Each model passes ``opacus.validators.ModuleValidator.validate`` and gets exact
-per-sample gradients from Opacus in ``"hooks"`` mode. Each exposes
+Each model is a fixed, data-independent feature extractor followed by a small
+trainable part: an attention over units (features, patches or tokens) and a linear
+head. Each passes ``opacus.validators.ModuleValidator.validate(strict=True)``, gets
+exact per-sample gradients from Opacus in ``"hooks"`` mode and exposes
 ``attention_weights`` to show what the attention selects.
 
 - :class:`FeatureAttentionClassifier`: tabular rows, attention over features.
-- :class:`TextAttentionClassifier`: token ids, transformer encoder, attention pooling.
-- :class:`VisionAttentionClassifier`: images, small ViT, attention pooling over patches.
+- :class:`TextAttentionClassifier`: token ids, attention over tokens.
+- :class:`VisionAttentionClassifier`: images, attention over patches of fixed
+  scattering features.
 """
 
 from __future__ import annotations

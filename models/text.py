@@ -1,32 +1,98 @@
-"""Transformer text classifier with attention pooling, built for DP-SGD (Opacus)."""
+"""Token-attention text classifier on fixed random token features, built for DP-SGD (Opacus)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from ..errors import ConfigurationError
 from ._common import (
-    AttentionPooling,
-    EncoderBlock,
-    check_dropout,
-    check_heads,
+    bounded_scores,
+    check_nonnegative,
     check_positive,
-    position_ids,
+    check_positive_float,
+    masked_softmax,
 )
 
 __all__ = ["TextAttentionClassifier"]
 
+# Seeds of the fixed random token tables: constants, so every party builds the same tables
+# without exchanging them and without looking at any text.
+_VALUE_SEED = 0x5EC_A66
+_KEY_SEED = 0x5EC_A67
+
+
+def _random_table(rows: int, dim: int, seed: int, padding_idx: int) -> Tensor:
+    """Unit-norm Gaussian rows from a fixed seed; the padding row is zero."""
+    generator = torch.Generator().manual_seed(seed)
+    table: Tensor = torch.randn(rows, dim, generator=generator)
+    table = table / table.norm(dim=1, keepdim=True)
+    table[padding_idx] = 0.0
+    return table
+
+
+class FixedTokenTables(nn.Module):
+    """Two fixed random token tables (value and key features); nothing trainable.
+
+    Each token id gets a random unit vector of width ``embed_dim`` (its value: what the
+    token contributes to the pooled text vector) and one of width ``key_dim`` (what the
+    attention scorer sees). Random unit vectors of a high dimension are nearly
+    orthogonal, so a weighted sum of value vectors is a faithful random projection of
+    the text's weighted bag of words (the hashing trick). The tables are non-persistent
+    buffers rebuilt from constant seeds: they are not in ``state_dict`` and are never
+    trained or sent.
+
+    Parameters
+    ----------
+    vocab_size : int
+        Number of token ids.
+    embed_dim : int
+        Width of the value vectors.
+    key_dim : int
+        Width of the key vectors.
+    padding_idx : int
+        Token id whose vectors are zero.
+    """
+
+    values: Tensor
+    keys: Tensor
+
+    def __init__(self, vocab_size: int, embed_dim: int, key_dim: int, padding_idx: int) -> None:
+        super().__init__()
+        self.register_buffer(
+            "values",
+            _random_table(vocab_size, embed_dim, _VALUE_SEED, padding_idx),
+            persistent=False,
+        )
+        self.register_buffer(
+            "keys",
+            _random_table(vocab_size, key_dim, _KEY_SEED, padding_idx) * math.sqrt(key_dim),
+            persistent=False,
+        )
+
+    def pool(self, input_ids: Tensor, weights: Tensor) -> Tensor:
+        """Return ``sum_i weights[b, i] * values[input_ids[b, i]]`` as ``(B, embed_dim)``."""
+        return F.embedding_bag(input_ids, self.values, per_sample_weights=weights, mode="sum")
+
 
 class TextAttentionClassifier(nn.Module):
-    """Small transformer encoder over token ids, pooled by learned attention.
+    """Attention over the tokens of a text, on fixed random token features, linear head.
 
-    Token and position embeddings (``nn.Embedding``) feed ``num_layers`` pre-LayerNorm
-    encoder blocks whose self-attention (an Opacus ``DPMultiheadAttention``) ignores
-    padding keys via ``key_padding_mask``. An attention-pooling layer gives each
-    non-padding token a weight (padding gets exactly zero) and a linear head classifies
-    the pooled vector. Appending padding does not change the logits; a row that is all
-    padding yields finite logits (the head's bias).
+    Each token (a hashed word bucket) has a fixed random key vector and a fixed random
+    value vector (:class:`FixedTokenTables`). A small tanh MLP scores each token from its
+    key (plus, with ``bucket_scores``, a learned score per token id); the bounded
+    scores go through a softmax over the positions of the text with padding masked out
+    (padding gets exactly zero weight). The attention-weighted sum of the value vectors
+    is standardised (a LayerNorm without affine weights) and classified by a linear head.
+    Uniform attention is a linear classifier on a random projection of the text's bag of
+    words; the attention is how the model chooses which words its decision rests on.
+
+    Only the scorer and the head are trained (a few thousand weights, ``nn.Linear`` and
+    ``nn.Embedding`` as Opacus needs in ``"hooks"`` mode). Appending padding does not
+    change the logits; a row that is all padding yields the head's bias.
 
     Parameters
     ----------
@@ -37,23 +103,25 @@ class TextAttentionClassifier(nn.Module):
     max_len : int, optional
         Longest accepted sequence.
     embed_dim : int, optional
-        Model width, divisible by ``num_heads``.
-    num_heads : int, optional
-        Attention heads per layer.
-    num_layers : int, optional
-        Number of encoder blocks.
-    ff_dim : int, optional
-        Hidden width of each feed-forward network.
-    dropout : float, optional
-        Dropout probability.
+        Width of the fixed value vectors (and of the head's input).
+    key_dim : int, optional
+        Width of the fixed key vectors the scorer reads.
+    attention_dim : int, optional
+        Hidden width of the scorer MLP (0: no content scorer).
+    bucket_scores : bool, optional
+        Also learn one attention score per token id (an ``nn.Embedding(vocab_size, 1)``).
+    score_scale : float, optional
+        Multiplier of the raw scores (a fixed temperature).
+    score_bound : float, optional
+        Token scores lie in ``(-score_bound, score_bound)``.
     padding_idx : int, optional
         Token id that marks padding, in ``[0, vocab_size)``.
 
     Raises
     ------
     ConfigurationError
-        On non-positive sizes, ``embed_dim`` not divisible by ``num_heads``, a dropout
-        outside ``[0, 1)`` or a ``padding_idx`` outside the vocabulary.
+        On non-positive sizes, a non-positive bound or a ``padding_idx`` outside the
+        vocabulary.
     """
 
     def __init__(
@@ -62,11 +130,12 @@ class TextAttentionClassifier(nn.Module):
         num_classes: int,
         *,
         max_len: int = 128,
-        embed_dim: int = 64,
-        num_heads: int = 4,
-        num_layers: int = 1,
-        ff_dim: int = 128,
-        dropout: float = 0.0,
+        embed_dim: int = 1024,
+        key_dim: int = 64,
+        attention_dim: int = 8,
+        bucket_scores: bool = False,
+        score_scale: float = 1.0,
+        score_bound: float = 4.0,
         padding_idx: int = 0,
     ) -> None:
         super().__init__()
@@ -74,48 +143,61 @@ class TextAttentionClassifier(nn.Module):
             ("vocab_size", vocab_size),
             ("num_classes", num_classes),
             ("max_len", max_len),
-            ("num_layers", num_layers),
-            ("ff_dim", ff_dim),
+            ("embed_dim", embed_dim),
+            ("key_dim", key_dim),
         ):
             check_positive(name, value)
-        check_heads(embed_dim, num_heads)
-        check_dropout(dropout)
+        check_nonnegative("attention_dim", attention_dim)
+        check_positive_float("score_bound", score_bound)
+        check_positive_float("score_scale", score_scale)
+        self.score_scale = float(score_scale)
+        if not isinstance(bucket_scores, bool):
+            raise ConfigurationError(f"bucket_scores must be a bool, got {bucket_scores!r}")
         if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
             raise ConfigurationError(f"padding_idx must be an int, got {padding_idx!r}")
         if not 0 <= padding_idx < vocab_size:
             raise ConfigurationError(f"padding_idx must be in [0, {vocab_size}), got {padding_idx}")
         self.vocab_size = vocab_size
+        self.num_classes = num_classes
         self.max_len = max_len
+        self.embed_dim = embed_dim
         self.padding_idx = padding_idx
-        self.token_embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
-        self.position_embedding = nn.Embedding(max_len, embed_dim)
-        self.embed_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.pool = AttentionPooling(embed_dim)
+        self.score_bound = float(score_bound)
+        self.tables = FixedTokenTables(vocab_size, embed_dim, key_dim, padding_idx)
+        self.bucket_scores: nn.Embedding | None = None
+        if bucket_scores:
+            self.bucket_scores = nn.Embedding(vocab_size, 1)
+            nn.init.zeros_(self.bucket_scores.weight)
+        self.scorer: nn.Sequential | None = None
+        if attention_dim > 0:
+            out = nn.Linear(attention_dim, 1)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.scorer = nn.Sequential(nn.Linear(key_dim, attention_dim), nn.Tanh(), out)
         self.head = nn.Linear(embed_dim, num_classes)
 
-    def _encode(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def _check(self, input_ids: Tensor) -> Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (B, L), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        batch, length = input_ids.shape
-        if not 0 < length <= self.max_len:
+        if not 0 < input_ids.shape[1] <= self.max_len:
             raise ValueError(
-                f"sequence length must be in [1, max_len={self.max_len}], got {length}"
+                f"sequence length must be in [1, max_len={self.max_len}], got {input_ids.shape[1]}"
             )
-        input_ids = input_ids.long()
+        return input_ids.long()
+
+    def _attend(self, input_ids: Tensor) -> Tensor:
         padding = input_ids == self.padding_idx
-        positions = position_ids(batch, length, input_ids.device)
-        h = self.token_embedding(input_ids) + self.position_embedding(positions)
-        h = self.embed_dropout(h)
-        for block in self.blocks:
-            h = block(h, key_padding_mask=padding)
-        pooled, weights = self.pool(self.norm(h), padding)
-        return pooled, weights
+        scores = torch.zeros(input_ids.shape, dtype=self.tables.keys.dtype, device=input_ids.device)
+        if self.scorer is not None:
+            keys = F.embedding(input_ids, self.tables.keys)
+            scores = scores + self.scorer(keys).squeeze(-1)
+        if self.bucket_scores is not None:
+            scores = scores + self.bucket_scores(input_ids).squeeze(-1)
+        scores = bounded_scores(self.score_scale * scores, self.score_bound)
+        weights = masked_softmax(scores, padding)
+        return weights * (~padding).to(weights.dtype)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Compute class logits.
@@ -136,12 +218,37 @@ class TextAttentionClassifier(nn.Module):
         ValueError
             If ``input_ids`` has the wrong shape, dtype or length.
         """
-        pooled, _ = self._encode(input_ids)
-        logits: Tensor = self.head(pooled)
+        input_ids = self._check(input_ids)
+        weights = self._attend(input_ids)
+        pooled = self.tables.pool(input_ids, weights)
+        logits: Tensor = self.head(F.layer_norm(pooled, (self.embed_dim,)))
         return logits
 
+    def unit_attention(self, input_ids: Tensor) -> Tensor:
+        """The attention mass each token bucket gets: what the attention analysis releases.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor
+            Integer tensor of shape ``(B, L)``, as for :meth:`forward`.
+
+        Returns
+        -------
+        torch.Tensor
+            Non-negative ``(B, vocab_size)`` rows: position weights added up by token id
+            (each row sums to 1, or is 0 for an all-padding row; its L2 norm is at most 1).
+
+        Raises
+        ------
+        ValueError
+            If ``input_ids`` has the wrong shape, dtype or length.
+        """
+        weights = self.attention_weights(input_ids)
+        rows = torch.zeros(len(weights), self.vocab_size, dtype=weights.dtype)
+        return rows.scatter_add_(1, self._check(input_ids), weights)
+
     def attention_weights(self, input_ids: Tensor) -> Tensor:
-        """Return the attention-pooling weight of each token, without gradient tracking.
+        """Return the attention weight of each token position, without gradient tracking.
 
         Parameters
         ----------
@@ -159,6 +266,6 @@ class TextAttentionClassifier(nn.Module):
         ValueError
             If ``input_ids`` has the wrong shape, dtype or length.
         """
+        input_ids = self._check(input_ids)
         with torch.no_grad():
-            _, weights = self._encode(input_ids)
-        return weights
+            return self._attend(input_ids)

@@ -1,31 +1,143 @@
-"""Small vision transformer with attention pooling, built for DP-SGD (Opacus)."""
+"""Patch-attention image classifier on fixed scattering features, built for DP-SGD (Opacus)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from ..errors import ConfigurationError
 from ._common import (
-    AttentionPooling,
-    EncoderBlock,
-    check_dropout,
-    check_heads,
+    UnitScorer,
+    check_nonnegative,
     check_positive,
+    check_positive_float,
+    gabor_bank,
     position_ids,
 )
 
-__all__ = ["VisionAttentionClassifier"]
+__all__ = ["ScatteringPatchFeatures", "VisionAttentionClassifier"]
+
+
+class ScatteringPatchFeatures(nn.Module):
+    """Fixed first-order scattering features of each image patch (no trainable weights).
+
+    For scale ``j`` in ``0 .. scales-1`` the image is area-downsampled by ``2**j`` and
+    convolved with :func:`~._common.gabor_bank` (``orientations`` complex Morlet
+    filters); the modulus of each response, averaged over each ``patch_size x
+    patch_size`` patch, is one feature. With the patch mean of the image itself, each
+    patch gets ``D = in_channels * (1 + scales * orientations)`` features. Each of the
+    ``D`` feature maps is then standardised over the ``P`` patches of its own image
+    (``GroupNorm`` with one group per channel and no affine weights, as in Tramèr and
+    Boneh 2021): the features describe where in the image each pattern is strong,
+    independently of contrast, and are well conditioned for a linear head.
+
+    Nothing here is learned and nothing depends on data: the filters are a
+    non-persistent buffer rebuilt from the arguments (they are not in ``state_dict``).
+
+    Parameters
+    ----------
+    image_size : int
+        Height and width of the (square) images.
+    patch_size : int
+        Side of a patch; divides ``image_size``.
+    in_channels : int
+        Image channels.
+    scales : int
+        Number of wavelet scales ``J`` (0: patch means only).
+    orientations : int
+        Number of wavelet directions ``L``.
+
+    Raises
+    ------
+    ConfigurationError
+        On non-positive sizes or ``patch_size`` not dividing ``image_size``.
+    """
+
+    filters: Tensor
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        scales: int,
+        orientations: int,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("image_size", image_size),
+            ("patch_size", patch_size),
+            ("in_channels", in_channels),
+            ("orientations", orientations),
+        ):
+            check_positive(name, value)
+        check_nonnegative("scales", scales)
+        if image_size % patch_size != 0:
+            raise ConfigurationError(
+                f"image_size ({image_size}) must be divisible by patch_size ({patch_size})"
+            )
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.scales = scales
+        self.orientations = orientations
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.feature_dim = in_channels * (1 + scales * orientations)
+        self.register_buffer("filters", gabor_bank(orientations), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Compute the standardised patch features.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, in_channels, image_size, image_size)`` images.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, P, D)`` features, patches in row-major order.
+        """
+        batch, channels, size = x.shape[0], self.in_channels, self.image_size
+        grid = (self.grid_size, self.grid_size)
+        maps = [F.adaptive_avg_pool2d(x, grid)]
+        flat = x.reshape(batch * channels, 1, size, size)
+        pad = self.filters.shape[-1] // 2
+        for scale in range(self.scales):
+            side = math.ceil(size / 2**scale)
+            level = flat if scale == 0 else F.adaptive_avg_pool2d(flat, (side, side))
+            response = F.conv2d(level, self.filters, padding=pad)  # (B*C, 2L, s, s)
+            response = response.view(batch * channels, self.orientations, 2, side, side)
+            modulus = response.pow(2).sum(dim=2).add(1e-12).sqrt()
+            maps.append(
+                F.adaptive_avg_pool2d(modulus, grid).reshape(
+                    batch, channels * self.orientations, *grid
+                )
+            )
+        stacked = torch.cat(maps, dim=1)  # (B, D, g, g)
+        # GroupNorm with one group per channel and no affine weights: each feature map is
+        # standardised over the patches of its own image (Tramer and Boneh 2021).
+        stacked = F.group_norm(stacked, stacked.shape[1])
+        return stacked.flatten(2).transpose(1, 2)  # (B, P, D)
 
 
 class VisionAttentionClassifier(nn.Module):
-    """Small ViT: image patches as tokens, transformer encoder, attention pooling.
+    """Attention over image patches, on fixed scattering features, with a linear head.
 
-    The image is cut into non-overlapping ``patch_size x patch_size`` patches, each
-    flattened and projected by an ``nn.Linear``; a learned position embedding
-    (``nn.Embedding``) is added. Pre-LayerNorm encoder blocks with Opacus
-    ``DPMultiheadAttention`` self-attention follow, then an attention-pooling layer
-    (one learned weight per patch, rows sum to 1) and a linear head.
+    Each patch ``p`` gets fixed features ``f_p`` (:class:`ScatteringPatchFeatures`). A
+    small scorer gives it a score from its content (a shared tanh MLP) and its position
+    (a learned prior); the softmax over patches is the attention ``w`` (rows sum to 1).
+    The head is linear in the gated features: ``logits = b + sum_p P w_p W_p f_p``, so
+    every patch contributes its own linear evidence, weighted by its attention (uniform
+    attention gives a plain linear classifier on the scattering features; attention
+    concentrated on one patch makes the decision rest on that patch alone).
+
+    Only the scorer and the head are trained (a few thousand weights), all in
+    ``nn.Linear`` and ``nn.Embedding`` layers that Opacus supports in ``"hooks"`` mode.
 
     Parameters
     ----------
@@ -37,27 +149,24 @@ class VisionAttentionClassifier(nn.Module):
         Side of a patch; must divide ``image_size``.
     in_channels : int, optional
         Number of image channels.
-    embed_dim : int, optional
-        Model width, divisible by ``num_heads``.
-    num_heads : int, optional
-        Attention heads per layer.
-    num_layers : int, optional
-        Number of encoder blocks.
-    ff_dim : int, optional
-        Hidden width of each feed-forward network.
-    dropout : float, optional
-        Dropout probability.
+    scales : int, optional
+        Wavelet scales of the fixed features.
+    orientations : int, optional
+        Wavelet directions of the fixed features.
+    attention_dim : int, optional
+        Hidden width of the content scorer (0: position prior only).
+    score_bound : float, optional
+        Attention scores lie in ``(-score_bound, score_bound)``.
 
     Attributes
     ----------
     num_patches : int
-        ``(image_size // patch_size) ** 2``, the number of tokens.
+        ``(image_size // patch_size) ** 2``, the number of attention units.
 
     Raises
     ------
     ConfigurationError
-        On non-positive sizes, ``image_size`` not divisible by ``patch_size``,
-        ``embed_dim`` not divisible by ``num_heads`` or a dropout outside ``[0, 1)``.
+        On non-positive sizes or ``image_size`` not divisible by ``patch_size``.
     """
 
     num_patches: int
@@ -69,61 +178,38 @@ class VisionAttentionClassifier(nn.Module):
         *,
         patch_size: int = 4,
         in_channels: int = 1,
-        embed_dim: int = 64,
-        num_heads: int = 4,
-        num_layers: int = 2,
-        ff_dim: int = 128,
-        dropout: float = 0.0,
+        scales: int = 2,
+        orientations: int = 8,
+        attention_dim: int = 8,
+        score_bound: float = 4.0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("image_size", image_size),
-            ("num_classes", num_classes),
-            ("patch_size", patch_size),
-            ("in_channels", in_channels),
-            ("num_layers", num_layers),
-            ("ff_dim", ff_dim),
-        ):
-            check_positive(name, value)
-        check_heads(embed_dim, num_heads)
-        check_dropout(dropout)
-        if image_size % patch_size != 0:
-            raise ConfigurationError(
-                f"image_size ({image_size}) must be divisible by patch_size ({patch_size})"
-            )
+        check_positive("num_classes", num_classes)
+        check_nonnegative("attention_dim", attention_dim)
+        check_positive_float("score_bound", score_bound)
+        self.features = ScatteringPatchFeatures(
+            image_size, patch_size, in_channels, scales, orientations
+        )
         self.image_size = image_size
         self.patch_size = patch_size
         self.in_channels = in_channels
-        self.grid_size = image_size // patch_size
-        self.num_patches = self.grid_size**2
-        self.patch_embedding = nn.Linear(in_channels * patch_size * patch_size, embed_dim)
-        self.position_embedding = nn.Embedding(self.num_patches, embed_dim)
-        self.embed_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.pool = AttentionPooling(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.grid_size = self.features.grid_size
+        self.num_patches = self.features.num_patches
+        dim = self.features.feature_dim
+        self.scorer = UnitScorer(dim, self.num_patches, attention_dim, score_bound)
+        self.head = nn.Linear(self.num_patches * dim, num_classes)
 
-    def _patches(self, x: Tensor) -> Tensor:
+    def _check(self, x: Tensor) -> None:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected images of shape (B, *{expected}), got {tuple(x.shape)}")
-        batch, p, g = x.shape[0], self.patch_size, self.grid_size
-        # (B, C, g, p, g, p) -> (B, g, g, C, p, p) -> (B, g * g, C * p * p)
-        patches = x.reshape(batch, self.in_channels, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
-        return patches.reshape(batch, self.num_patches, -1)
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        patches = self._patches(x)
-        positions = position_ids(patches.shape[0], self.num_patches, x.device)
-        h = self.patch_embedding(patches) + self.position_embedding(positions)
-        h = self.embed_dropout(h)
-        for block in self.blocks:
-            h = block(h)
-        pooled, weights = self.pool(self.norm(h))
-        return pooled, weights
+    def _attend(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        features = self.features(x)
+        ids = position_ids(features.shape[0], self.num_patches, x.device)
+        weights = F.softmax(self.scorer(features, ids), dim=-1)
+        return features, weights
 
     def forward(self, x: Tensor) -> Tensor:
         """Compute class logits.
@@ -143,12 +229,18 @@ class VisionAttentionClassifier(nn.Module):
         ValueError
             If ``x`` has the wrong shape.
         """
-        pooled, _ = self._encode(x)
-        logits: Tensor = self.head(pooled)
+        features, weights = self._attend(x)
+        gated = features * (self.num_patches * weights).unsqueeze(-1)
+        logits: Tensor = self.head(gated.flatten(1))
         return logits
 
+    def unit_attention(self, x: Tensor) -> Tensor:
+        """What the attention analysis releases: :meth:`attention_weights` (one row per
+        example over the model's units, summing to 1)."""
+        return self.attention_weights(x)
+
     def attention_weights(self, x: Tensor) -> Tensor:
-        """Return the attention-pooling weight of each patch, without gradient tracking.
+        """Return the attention weight of each patch, without gradient tracking.
 
         Parameters
         ----------
@@ -167,5 +259,4 @@ class VisionAttentionClassifier(nn.Module):
             If ``x`` has the wrong shape.
         """
         with torch.no_grad():
-            _, weights = self._encode(x)
-        return weights
+            return self._attend(x)[1]

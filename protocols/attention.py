@@ -72,11 +72,17 @@ class AttentionMap:
 
 @torch.no_grad()
 def local_attention_rows(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Per-example attention weights of ``model`` (one probability row per example)."""
+    """Per-example attention over ``model``'s units (one probability row per example).
+
+    ``model.unit_attention(x)`` when the model defines it (the text model adds its
+    position weights up by token bucket), else ``model.attention_weights(x)``.
+    """
     model.eval()
-    attention = getattr(model, "attention_weights", None)
+    attention = getattr(model, "unit_attention", None) or getattr(model, "attention_weights", None)
     if not callable(attention):
-        raise ConfigurationError(f"{type(model).__name__} has no attention_weights(x) method")
+        raise ConfigurationError(
+            f"{type(model).__name__} has no unit_attention(x) or attention_weights(x) method"
+        )
     rows = [attention(inputs[i : i + 256]) for i in range(0, len(inputs), 256)]
     return torch.cat(rows).double()
 

@@ -70,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=INT",
-        help="override a default-model constructor argument, e.g. embed_dim=16 (repeatable)",
+        help="override a default-model constructor argument, e.g. attention_dim=16 (repeatable)",
     )
     run.add_argument("--no-he", action="store_true", help="plaintext aggregation (baseline)")
     run.add_argument("--no-dp", action="store_true", help="no DP-SGD (baseline)")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..crypto.presets import get_preset
 from ..errors import ConfigurationError
-from .defaults import DATASET_NAMES, GENERAL, RECIPES, SERVER_OPTIMIZERS
+from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
 
 __all__ = ["FederationConfig", "client_id", "default_config"]
 
@@ -176,6 +176,9 @@ def _check_types(config: FederationConfig) -> None:
 def default_config(dataset: str | None = None, **overrides: Any) -> FederationConfig:
     """The defaults for ``dataset`` (general options, then its recipe), then ``overrides``.
 
+    With ``dp=False`` the dataset's non-private recipe replaces the DP-SGD one (and
+    ``epsilon`` defaults to ``None``): a baseline gets its own best recipe.
+
     Raises
     ------
     ConfigurationError
@@ -184,7 +187,10 @@ def default_config(dataset: str | None = None, **overrides: Any) -> FederationCo
     name = dataset if dataset is not None else overrides.pop("dataset", GENERAL["dataset"])
     if name not in RECIPES:
         raise ConfigurationError(f"dataset must be one of {sorted(RECIPES)}")
-    values: dict[str, Any] = {**GENERAL, **RECIPES[name], **overrides, "dataset": name}
+    recipe: dict[str, Any] = dict(RECIPES[name])
+    if overrides.get("dp", GENERAL["dp"]) is False:
+        recipe.update(NONPRIVATE_RECIPES[name], epsilon=None, noise_multiplier=None)
+    values: dict[str, Any] = {**GENERAL, **recipe, **overrides, "dataset": name}
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(FederationConfig)})
     if unknown:
         raise ConfigurationError(f"unknown options: {', '.join(unknown)}")

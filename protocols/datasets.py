@@ -476,6 +476,8 @@ _READERS: Mapping[str, Callable[[], _Raw]] = MappingProxyType(
 # Per-dataset settings: text length, image patch size, default model widths.
 _TEXT_MAX_LEN: Mapping[str, int] = MappingProxyType({"bbc_news": 256, "rotten_tomatoes": 64})
 _PATCH_SIZE: Mapping[str, int] = MappingProxyType({"digits": 2, "mnist": 7})
+# Scales of the fixed scattering features (8x8 digits: one; 28x28 MNIST: two).
+_SCATTERING_SCALES: Mapping[str, int] = MappingProxyType({"digits": 1, "mnist": 2})
 
 
 # --------------------------------------------------------------------------- splitting
@@ -681,27 +683,30 @@ def _model_kwargs(
     Returns
     -------
     dict
-        Small models, sized so that a DP-SGD round runs quickly on a couple of CPU cores.
+        The DP-SGD designs of :mod:`secagg.models`: fixed features and a small trainable
+        attention and head (measured recipes: :mod:`secagg.protocols.defaults`).
     """
     if kind == "tabular":
         return {
             "num_features": input_shape[0],
             "num_classes": num_classes,
-            "hidden_dim": 32,
-            "attention_dim": 16,
-            "depth": 2,
-            "dropout": 0.0,
+            "attention_dim": 0,
+            "value_scores": False,
+            "score_scale": 8.0,
+            "score_bound": 3.0,
+            "input_clip": 3.0,
         }
     if kind == "text":
         return {
             "vocab_size": _TEXT_BUCKETS + 1,
             "num_classes": num_classes,
             "max_len": input_shape[0],
-            "embed_dim": 32,
-            "num_heads": 4,
-            "num_layers": 1,
-            "ff_dim": 64,
-            "dropout": 0.0,
+            "embed_dim": 1024,
+            "key_dim": 64,
+            "attention_dim": 8,
+            "bucket_scores": False,
+            "score_scale": 1.0,
+            "score_bound": 4.0,
             "padding_idx": 0,
         }
     return {
@@ -709,11 +714,10 @@ def _model_kwargs(
         "num_classes": num_classes,
         "patch_size": _PATCH_SIZE[name],
         "in_channels": input_shape[0],
-        "embed_dim": 32,
-        "num_heads": 4,
-        "num_layers": 2,
-        "ff_dim": 64,
-        "dropout": 0.0,
+        "scales": _SCATTERING_SCALES[name],
+        "orientations": 8,
+        "attention_dim": 8,
+        "score_bound": 4.0,
     }
 
 
@@ -784,7 +788,8 @@ def load_dataset(
             raise TypeError("text datasets hold a list of str")
         tokenizer = HashingTokenizer(num_buckets=_TEXT_BUCKETS, max_len=_TEXT_MAX_LEN[name])
         encoded: npt.NDArray[Any] = tokenizer.encode_batch(raw.inputs).numpy()
-        unit_names = tuple(f"pos {i}" for i in range(tokenizer.max_len))
+        # The analysis releases attention per hashed token bucket (id 0 is padding).
+        unit_names = ("<pad>", *(f"bucket {j}" for j in range(1, _TEXT_BUCKETS + 1)))
     elif raw.kind == "image":
         encoded = np.asarray(raw.inputs, dtype=np.float32)
         grid = encoded.shape[-1] // _PATCH_SIZE[name]

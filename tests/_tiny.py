@@ -8,11 +8,9 @@ from typing import Any
 
 from secagg.protocols import Federation, FederationConfig
 
-TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
-
 
 def tiny_config(**changes: Any) -> FederationConfig:
-    """Digits subsampled to 300 examples, a 4k-parameter model, SGD; ``changes`` applied."""
+    """Digits subsampled to 300 examples, mini-batch SGD, σ = 1; ``changes`` applied."""
     base = FederationConfig(
         dataset="digits",
         clients=4,
@@ -23,7 +21,6 @@ def tiny_config(**changes: Any) -> FederationConfig:
         batch_size=32,
         lr=0.5,
         client_optimizer="sgd",
-        model_overrides=TINY_MODEL,
         attention_analysis=False,
         epsilon=None,
         noise_multiplier=1.0,

@@ -18,8 +18,8 @@ from secagg.protocols import load_checkpoint
 
 SECAGG = [sys.executable, "-m", "secagg.protocols.cli"]
 SMALL = [
-    "--dataset", "digits", "--max-examples", "300", "--model-arg", "embed_dim=16",
-    "--model-arg", "num_heads=2", "--model-arg", "num_layers=1", "--model-arg", "ff_dim=16",
+    "--dataset", "digits", "--max-examples", "300",
+    "--model-arg", "orientations=4", "--model-arg", "attention_dim=4",
 ]  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -99,7 +99,9 @@ def test_unit_names_and_model_kwargs(name: str) -> None:
     if ds.kind == "tabular":
         assert len(ds.unit_names) == ds.input_shape[0] == kwargs["num_features"]
     elif ds.kind == "text":
-        assert ds.unit_names == tuple(f"pos {i}" for i in range(ds.input_shape[0]))
+        # one unit per hashed token bucket (what unit_attention releases); 0 is padding
+        assert ds.unit_names[:2] == ("<pad>", "bucket 1")
+        assert len(ds.unit_names) == kwargs["vocab_size"]
         assert kwargs["max_len"] == ds.input_shape[0]
         assert kwargs["vocab_size"] == 4097
         assert kwargs["padding_idx"] == 0
@@ -332,7 +334,7 @@ def test_dataset_is_frozen_and_picklable() -> None:
     assert dict(copy.default_model_kwargs) == dict(ds.default_model_kwargs)
     assert torch.equal(copy.x_train, ds.x_train)
     with pytest.raises(TypeError):
-        copy.default_model_kwargs["depth"] = 1  # type: ignore[index]
+        copy.default_model_kwargs["attention_dim"] = 1  # type: ignore[index]
 
 
 def test_raw_digits_match_sklearn() -> None:

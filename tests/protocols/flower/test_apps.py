@@ -232,18 +232,20 @@ def _ledger(context: Context) -> list[Any]:
 
 
 # ---------------------------------------------------------------------- the main checks
-def test_two_rounds_and_the_attention_map_match_the_in_process_federation(
+def test_an_encrypted_round_and_the_attention_map_match_the_in_process_federation(
     key_files: Any, tmp_path: Path
 ) -> None:
-    """One coordinator, two transports: the same rounds and map, up to flooding noise.
+    """One coordinator, two transports: the same round and map, up to the release error.
 
     Without DP the runs must agree up to the independent errors secure aggregation adds
-    to each release (stochastic rounding, or flooding): per coordinate N(0, σ²/W²) per
-    release, σ the release's error std and W the round's normalised weight sum. After T
-    rounds the two runs differ by about N(0, 2T·σ²/W²) per weight (to first order); pure
-    noise passes 10 such deviations on any of the ~2k weights with probability < 1e-19.
+    to each release (stochastic rounding, or flooding): per coordinate N(0, σ²/W²), σ the
+    release's error std and W the round's normalised weight sum, so the two runs differ
+    by N(0, 2σ²/W²) per weight after one round; pure noise passes 10 such deviations on
+    any of the ~2k weights with probability < 1e-19. (After more rounds local training
+    amplifies those differences by a model-dependent factor; the multi-round equality of
+    the two engines is checked exactly without HE, in the next test.)
     """
-    config = no_dp(attention_analysis=True)
+    config = no_dp(attention_analysis=True, rounds=1)
     federation = Federation(config)
     expected = federation.run()
     assert federation.key_holder is not None
@@ -253,7 +255,7 @@ def test_two_rounds_and_the_attention_map_match_the_in_process_federation(
     grid = InMemoryGrid(contexts)
     result = run_server(grid, _server_context(run_config))
 
-    assert [m.status for m in result.metrics] == ["completed", "completed"]
+    assert [m.status for m in result.metrics] == ["completed"]
     for ours, theirs in zip(result.metrics, expected.metrics, strict=True):
         assert ours.sampled == theirs.sampled
         assert ours.contributors == theirs.contributors
@@ -262,7 +264,7 @@ def test_two_rounds_and_the_attention_map_match_the_in_process_federation(
     contributors = len(expected.metrics[-1].contributors)
     weight_sum = sum(len(p) for p in federation.partitions) / federation.weight_bound
     sigma = release_std(federation, contributors) / weight_sum
-    tolerance = 10 * (2 * config.rounds) ** 0.5 * sigma
+    tolerance = 10 * 2**0.5 * sigma
     difference = _max_abs_diff(result.global_state, expected.global_state)
     print(f"flower vs in-process: max |Δw| = {difference:.3g}, tolerance {tolerance:.3g}")
     assert difference < tolerance
@@ -277,7 +279,7 @@ def test_two_rounds_and_the_attention_map_match_the_in_process_federation(
 
     # The ServerApp wrote the final global state and metrics where the run config said.
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert written["finished"] is True and len(written["metrics"]) == 2
+    assert written["finished"] is True and len(written["metrics"]) == 1
     assert written["attention"]["weights"]
     saved = torch.load(tmp_path / "out" / "global_state.pt", weights_only=True)
     assert _max_abs_diff(saved, result.global_state) == 0.0
@@ -314,8 +316,11 @@ def test_plaintext_run_is_identical_to_the_in_process_federation() -> None:
     run_config = _run_config(config)
     grid = InMemoryGrid(_contexts(run_config, None, secret=False))
     result = run_server(grid, _server_context(run_config))
+    assert len(result.metrics) == config.rounds == 2
     assert _max_abs_diff(result.global_state, expected.global_state) == 0.0
     assert [m.loss for m in result.metrics] == [m.loss for m in expected.metrics]
+    assert [m.sampled for m in result.metrics] == [m.sampled for m in expected.metrics]
+    assert [m.contributors for m in result.metrics] == [m.contributors for m in expected.metrics]
 
 
 def test_a_round_with_too_few_replies_is_skipped_and_rolled_back(key_files: Any) -> None:
@@ -440,18 +445,23 @@ def test_run_config_round_trips_and_rejects_bad_values() -> None:
 def test_one_table_of_defaults_feeds_the_cli_the_api_and_the_app() -> None:
     """An "auto" option in the app's run config takes the dataset recipe's value."""
     from secagg.protocols import default_config
-    from secagg.protocols.defaults import RECIPES
+    from secagg.protocols.defaults import NONPRIVATE_RECIPES, RECIPES
 
     app_config = {
         line.split(" = ")[0]: line.split(" = ")[1]
         for line in app_pyproject().splitlines()
         if " = " in line and not line.startswith(("#", "["))
     }
-    assert app_config["lr"] == '"auto"' and app_config["rounds"] != '"auto"'
+    assert app_config["lr"] == app_config["rounds"] == '"auto"'
+    assert app_config["clients"] != '"auto"'
     for dataset in ("digits", "bbc_news"):
         decoded, _ = config_from_run_config({"dataset": dataset, "lr": "auto", "he": False})
         assert decoded == default_config(dataset, he=False)
-        assert decoded.lr == RECIPES[dataset].get("lr", decoded.lr)
+        assert decoded.lr == RECIPES[dataset]["lr"]
+        # the non-private baseline gets its own recipe, from the same table
+        baseline, _ = config_from_run_config({"dataset": dataset, "dp": False, "he": False})
+        assert baseline == default_config(dataset, dp=False, he=False)
+        assert baseline.lr == NONPRIVATE_RECIPES[dataset]["lr"] and baseline.epsilon is None
 
 
 def test_node_roles() -> None:

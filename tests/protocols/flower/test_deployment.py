@@ -37,7 +37,6 @@ pytestmark = [
 
 NODES = 3
 RUN_TIMEOUT = 300.0  # seconds for `flwr run` (the whole run), on a busy 2-core machine
-TINY_MODEL = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16}
 
 
 def tiny() -> FederationConfig:
