@@ -33,7 +33,7 @@ __all__ = ["AttentionMap", "attention_round", "local_attention_rows"]
 
 @dataclass(frozen=True)
 class AttentionMap:
-    """Federation-wide mean attention per unit (feature, token position or patch).
+    """Federation-wide mean attention per unit (feature, image patch or token bucket).
 
     Attributes
     ----------

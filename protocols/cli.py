@@ -246,9 +246,15 @@ def _run(args: argparse.Namespace) -> int:
     if result.attention is not None and result.attention.weights:
         top = ", ".join(f"{n} ({w:.3f})" for n, w in result.attention.top(5))
         console.print(f"Top attended units (federation-wide, DP): {top}")
+    spent = (
+        f" at ε = {result.epsilon:.2f} (δ = {config.delta:g}, largest over clients, the "
+        "attention analysis included)"
+        if result.epsilon is not None
+        else ""
+    )
     console.print(
-        f"Final test accuracy [bold]{result.final_accuracy:.4f}[/bold] in {elapsed:.1f} s; "
-        f"wrote {len(files)} files to {out_dir}"
+        f"Final test accuracy [bold]{result.final_accuracy:.4f}[/bold]{spent} in "
+        f"{elapsed:.1f} s; wrote {len(files)} files to {out_dir}"
     )
     return 0
 

@@ -57,11 +57,20 @@ class RunResult:
     global_state: dict[str, torch.Tensor]
     attention: AttentionMap | None = None
     noise_multipliers: dict[str, float] = field(default_factory=dict)
+    epsilons: dict[str, float] = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float:
         """Test accuracy after the last round."""
         return self.metrics[-1].accuracy if self.metrics else float("nan")
+
+    @property
+    def epsilon(self) -> float | None:
+        """The largest ε any client spent over the whole run, the attention analysis
+        included (``None`` without DP)."""
+        if not self.config.dp or not self.epsilons:
+            return None
+        return max(self.epsilons.values())
 
 
 class Federation:
@@ -327,4 +336,5 @@ class Federation:
             self.global_state,
             attention=self.coordinator.attention,
             noise_multipliers=self.noise_multipliers,
+            epsilons=dict(self.coordinator.epsilons),
         )

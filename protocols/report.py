@@ -178,7 +178,12 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
             )
             + f", δ = {config.delta:g}, noise and batch sampling from the OS CSPRNG"
         ),
-        f"- final test accuracy: **{result.final_accuracy:.4f}**",
+        f"- final test accuracy: **{result.final_accuracy:.4f}**"
+        + (
+            f" at ε = {result.epsilon:.3f} (largest over clients, the attention analysis included)"
+            if result.epsilon is not None
+            else ""
+        ),
         "",
         "| round | status | accuracy | loss | ε max | ε mean | contributors | bytes/client | "
         "train s | encrypt s | aggregate s | decrypt s |",

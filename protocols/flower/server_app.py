@@ -445,6 +445,7 @@ class FlowerServer:
             self.coordinator.metrics,
             self.coordinator.global_state,
             attention=self.coordinator.attention,
+            epsilons=dict(self.coordinator.epsilons),
         )
 
     def _write_output(self, *, finished: bool) -> None:
