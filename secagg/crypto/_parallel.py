@@ -19,10 +19,14 @@ import numpy as np
 
 from ..errors import ConfigurationError
 
-__all__ = ["PARALLEL_MIN_CHUNKS", "default_workers", "map_blocks"]
+__all__ = ["PARALLEL_MIN_CHUNKS", "PARALLEL_MIN_CORES", "default_workers", "map_blocks"]
 
 # Below this many chunks, forking costs more than it saves.
 PARALLEL_MIN_CHUNKS = 24
+# With fewer cores, forking never paid off where measured: on a 2-core VM two processes
+# gave SEAL 1.24x the throughput of one, less than the fork and the copied pages cost
+# a parent that has torch loaded (bench.md, "Client encryption side by side").
+PARALLEL_MIN_CORES = 4
 _LENGTH = struct.Struct(">Q")
 
 # (index of the block's first row, the block) -> one bytes result per row
@@ -30,8 +34,12 @@ BlockFunction = Callable[[int, np.ndarray], list[bytes]]
 
 
 def default_workers(count: int) -> int:
-    """Processes used for ``count`` rows by default: up to one per core for large jobs."""
-    return min(len(os.sched_getaffinity(0)), 8) if count >= PARALLEL_MIN_CHUNKS else 1
+    """Processes used for ``count`` rows by default: one per core (at most 8) for large
+    jobs on machines with at least :data:`PARALLEL_MIN_CORES` cores, else one."""
+    cores = len(os.sched_getaffinity(0))
+    if count < PARALLEL_MIN_CHUNKS or cores < PARALLEL_MIN_CORES:
+        return 1
+    return min(cores, 8)
 
 
 def map_blocks(function: BlockFunction, matrix: np.ndarray, workers: int | None) -> list[bytes]:

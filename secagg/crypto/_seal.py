@@ -50,6 +50,8 @@ _CT_MEMBERS = struct.Struct("<32sBQQQdQ")
 _PT_MEMBERS = struct.Struct("<32sQd")  # Plaintext: parms_id, coeff_count, scale
 _PRNG_BLAKE2XB = 1
 _MAX_OBJECT_BYTES = 1 << 26
+# One decompressor per process (a client or key holder decompresses one object at a time).
+_ZSTD = zstandard.ZstdDecompressor()
 # SEAL's largest ciphertext size: the most polynomials one NTT round trip carries.
 _MAX_POLYS = 16
 
@@ -268,8 +270,11 @@ class SealParameters:
             raise FormatError("plaintext data does not match its size")
         return np.frombuffer(dyn, dtype="<u8", offset=8).copy()
 
-    def parse_seeded(self, data: bytes) -> CiphertextParts:
+    def parse_seeded(self, data: bytes, *, copy: bool = True) -> CiphertextParts:
         """Read ``c0`` and the seed out of a seeded ciphertext file saved by SEAL.
+
+        With ``copy=False``, ``c0`` is a read-only view of ``data``'s decompressed
+        members (for a caller that only reads it).
 
         Raises
         ------
@@ -293,7 +298,9 @@ class SealParameters:
         (length,) = struct.unpack_from("<Q", dyn) if len(dyn) >= 8 else (None,)
         if length != self.coefficients or len(dyn) != 8 + 8 * self.coefficients:
             raise FormatError("not a seeded ciphertext (c1 is stored in full)")
-        c0 = np.frombuffer(dyn, dtype="<u8", count=self.coefficients, offset=8).copy()
+        c0 = np.frombuffer(dyn, dtype="<u8", count=self.coefficients, offset=8)
+        if copy:
+            c0 = c0.copy()
         info = _members(members[offset:], nested=True)
         if len(info) != 1 + SEED_BYTES or info[0] != _PRNG_BLAKE2XB:
             raise FormatError("the ciphertext's seed is not a Blake2xb seed")
@@ -316,9 +323,7 @@ def _members(data: bytes, *, nested: bool = False) -> bytes:
         if compression == _COMPR_NONE:
             return bytes(body)
         if compression == _COMPR_ZSTD:
-            return bytes(
-                zstandard.ZstdDecompressor().decompress(body, max_output_size=_MAX_OBJECT_BYTES)
-            )
+            return bytes(_ZSTD.decompress(body, max_output_size=_MAX_OBJECT_BYTES))
         if compression == _COMPR_ZLIB:
             return zlib.decompress(body, bufsize=1 << 16)
     except (zstandard.ZstdError, zlib.error) as exc:
@@ -385,13 +390,17 @@ class SealSession:
         parameters = self.parameters
         transformed = parameters.transform(messages, to_ntt=True, evaluator=self.evaluator)
         column = parameters.modulus_column()
-        out = []
-        for row in transformed:
-            zero = parameters.parse_seeded(_save(self.encryptor.encrypt_zero_symmetric()))
-            c0 = zero.c0 + row
-            np.subtract(c0, column, out=c0, where=c0 >= column)
-            out.append(CiphertextParts(c0=c0, seed=zero.seed))
-        return out
+        seeds = []
+        for row in transformed:  # row += c0 of a fresh encryption of zero (mod q)
+            zero = parameters.parse_seeded(
+                _save(self.encryptor.encrypt_zero_symmetric()), copy=False
+            )
+            row += zero.c0
+            seeds.append(zero.seed)
+        np.subtract(transformed, column, out=transformed, where=transformed >= column)
+        return [
+            CiphertextParts(c0=c0, seed=seed) for c0, seed in zip(transformed, seeds, strict=True)
+        ]
 
     def _decrypt_plaintext(self, c0: np.ndarray, seeds: Sequence[bytes]) -> Any:
         if not seeds:

@@ -113,7 +113,12 @@ def _as_array(name: str, value: Any) -> tuple[np.ndarray, str]:
             raise UpdateValueError(f"update entry {name!r} is a meta tensor: it holds no values")
         if value.is_complex() or value.layout != torch.strided:
             raise UpdateValueError(f"update entry {name!r} is not a dense real tensor")
-        return value.detach().to("cpu", torch.float64).numpy(), dtype
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # no numpy dtype; float32 holds it exactly
+            tensor = tensor.to(torch.float32)
+        # A numpy view: the float64 copy happens in numpy, not on torch's thread pool
+        # (which costs 10x under CPU contention).
+        return tensor.resolve_conj().resolve_neg().numpy(), dtype
     if isinstance(value, np.ndarray):
         dtype = str(value.dtype)
         if dtype not in _NUMPY_DTYPES or dtype == "bfloat16":

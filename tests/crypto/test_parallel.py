@@ -66,3 +66,14 @@ def test_workers_that_are_not_a_positive_int_are_refused(workers: object) -> Non
     fed = secagg.FederationKeys.generate(["a"], preset="small")
     with pytest.raises(ConfigurationError, match="workers"):
         _payload(fed, np.zeros(10), workers)  # type: ignore[arg-type]
+
+
+def test_default_workers_fork_only_for_large_updates_on_machines_with_cores_to_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from secagg.crypto import _parallel
+
+    for cores, chunks, expected in [(2, 100, 1), (4, 100, 4), (16, 100, 8), (16, 10, 1)]:
+        available = set(range(cores))
+        monkeypatch.setattr(_parallel.os, "sched_getaffinity", lambda _, a=available: a)
+        assert _parallel.default_workers(chunks) == expected
