@@ -1,13 +1,14 @@
 """Child process of the server-memory benchmark: aggregate payload files, report peak RSS.
 
-Run by :func:`bench._measure.measure_server_memory` as ``python -m bench._rss_child SPEC``
-where ``SPEC`` is a JSON file naming the scheme kind, the server context file, the roster
-and the payload files. The child imports only what that scheme's server needs, loads the
-server context, resets its peak-RSS counter (``/proc/self/clear_refs``), then reads and
-adds each payload in turn (one payload in memory at a time, as a server receiving them
-would), finalizes, and prints one JSON line: resident memory before the adds, the peak
-(``VmHWM``) during adds and finalize, and the time taken. ``tracemalloc`` cannot see
-SEAL's C++ allocations; the kernel's RSS counters can.
+Run by :func:`bench.memory.measure_server_memory` as ``python -m bench._rss_child SPEC``
+where ``SPEC`` is a JSON file naming the scheme kind, the files the server is
+provisioned with (context, registry), the roster and the payload files. The child
+imports only what that scheme's server needs, loads its provisioning, resets its
+peak-RSS counter (``/proc/self/clear_refs``), then reads and adds each payload in turn
+(one payload in memory at a time, as a server receiving them would), finalizes, and
+prints one JSON line: resident memory before the adds, the peak (``VmHWM``) during adds
+and finalize, and the time taken. ``tracemalloc`` cannot see SEAL's C++ allocations;
+the kernel's RSS counters can.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+__all__ = ["main"]
 
 
 def _status_kb() -> dict[str, int]:
@@ -43,47 +46,68 @@ def _reset_peak() -> bool:
     return True
 
 
-def _server(spec: dict[str, Any]) -> tuple[Callable[[bytes, float], None], Callable[[], int]]:
+Server = tuple[Callable[[bytes, float], None], Callable[[], int]]
+
+
+def _flare_server(files: dict[str, str]) -> Server:
+    from bench.flare_reference import FlareServer
+
+    flare = FlareServer(Path(files["context"]).read_bytes())
+
+    def add(data: bytes, weight: float) -> None:
+        flare.add(pickle.loads(data), weight)
+
+    def finish() -> int:
+        return sum(len(layer) for layer in flare.finalize())
+
+    return add, finish
+
+
+def _secagg_server(files: dict[str, str], roster: list[str]) -> Server:
+    import secagg
+
+    aggregator = secagg.Aggregator(
+        Path(files["context"]).read_bytes(),
+        registry=secagg.ClientRegistry.from_bytes(Path(files["registry"]).read_bytes()),
+        round_id=1,
+        roster=roster,
+        min_clients=1,
+    )
+
+    def add(data: bytes, weight: float) -> None:
+        aggregator.add(data)
+
+    def finish() -> int:
+        return len(aggregator.finalize().to_bytes())
+
+    return add, finish
+
+
+def _plaintext_server(roster: list[str]) -> Server:
+    from secagg.protocols.backends import round_server
+
+    plain = round_server(he=False, round_id=1, roster=roster, min_clients=1)
+
+    def add(data: bytes, weight: float) -> None:
+        plain.add(data)
+
+    def finish() -> int:
+        return len(plain.finalize())
+
+    return add, finish
+
+
+def _server(spec: dict[str, Any]) -> Server:
     """Build the add and finalize functions of the scheme's server (finalize returns bytes)."""
     kind = spec["kind"]
-    context = Path(spec["context"]).read_bytes() if spec.get("context") else b""
+    files = dict(spec.get("files", {}))
     roster = list(spec["roster"])
     if kind == "flare":
-        from bench.flare_reference import FlareServer
-
-        flare = FlareServer(context)
-
-        def add_flare(data: bytes, weight: float) -> None:
-            flare.add(pickle.loads(data), weight)
-
-        def finish_flare() -> int:
-            return sum(len(layer) for layer in flare.finalize())
-
-        return add_flare, finish_flare
+        return _flare_server(files)
     if kind == "secagg":
-        import secagg
-
-        aggregator = secagg.Aggregator(context, round_id=1, roster=roster, min_clients=1)
-
-        def add_secagg(data: bytes, weight: float) -> None:
-            aggregator.add(data)
-
-        def finish_secagg() -> int:
-            return len(aggregator.finalize().to_bytes())
-
-        return add_secagg, finish_secagg
+        return _secagg_server(files, roster)
     if kind == "plaintext":
-        from secagg.protocols.aggregation import PlaintextBackend
-
-        plain = PlaintextBackend().server(round_id=1, roster=roster, min_clients=1)
-
-        def add_plain(data: bytes, weight: float) -> None:
-            plain.add(data)
-
-        def finish_plain() -> int:
-            return len(plain.finalize())
-
-        return add_plain, finish_plain
+        return _plaintext_server(roster)
     raise ValueError(f"unknown scheme kind {kind!r}")
 
 
@@ -99,6 +123,7 @@ def main(argv: list[str]) -> int:
         data = Path(path).read_bytes()
         add(data, float(weight))
         del data
+    after_adds = _status_kb()
     aggregate_bytes = finish()
     seconds = time.perf_counter() - start
     after = _status_kb()
@@ -109,6 +134,7 @@ def main(argv: list[str]) -> int:
                 "rss_before_kb": before["VmRSS"],
                 "hwm_before_kb": before["VmHWM"],
                 "peak_kb": after["VmHWM"],
+                "rss_after_adds_kb": after_adds["VmRSS"],
                 "rss_after_kb": after["VmRSS"],
                 "peak_was_reset": reset,
                 "aggregate_bytes": aggregate_bytes,

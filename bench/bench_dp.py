@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench._measure import dp_step_overhead, make_dp_steps
+from bench.dp_cost import dp_step_overhead, make_dp_steps
 
 DATASETS = ["digits", "breast_cancer", "mnist", "rotten_tomatoes"]
 BATCH_SIZE = 64
@@ -25,6 +25,7 @@ STEPS = int(os.environ.get("SECAGG_BENCH_DP_STEPS", "3"))
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+    pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
 ]
 
 
