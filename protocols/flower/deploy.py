@@ -578,8 +578,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "127.0.0.1, one SuperNode per client), then print the metrics.",
     )
     parser.add_argument("--nodes", type=int, default=3, help="client SuperNodes (default 3)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
-    parser.add_argument("--dataset", default=DEFAULT_CONFIG.dataset, help="bundled dataset")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument(
+        "--dataset", default="digits", help="bundled dataset (default digits: a quick demo)"
+    )
     parser.add_argument(
         "--no-attention", action="store_true", help="skip the attention analysis round"
     )
@@ -657,6 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{attention['unit_names'][i]} ({attention['weights'][i]:.3f})" for i in order[:5]
         )
         print(f"attention (federation-wide, DP): {top}")
+    epsilons = result.metrics.get("epsilons")
+    if epsilons:
+        spent = max(epsilons.values())
+        print(f"ε over the whole run (largest client, attention included): {spent:.2f}")
     print(f"flwr run took {result.seconds:.1f} s; logs in {result.log_dir}")
     return 0
 

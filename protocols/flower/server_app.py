@@ -462,6 +462,8 @@ class FlowerServer:
             "weight_bound": self.plan.weight_bound,
             "round_base": self.round_base,
             "metrics": [asdict(m) for m in self.coordinator.metrics],
+            # every client's ε over the whole run, the attention analysis included
+            "epsilons": dict(self.coordinator.epsilons) if self.config.dp else None,
             "attention": asdict(attention) if attention is not None else None,
         }
         atomic_write_bytes(out / METRICS_FILE, json.dumps(document, indent=2).encode(), mode=0o644)
