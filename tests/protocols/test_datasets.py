@@ -1,4 +1,4 @@
-"""Tests of secagg.datasets and secagg.text on the real bundled data (no network)."""
+"""Tests of secagg.protocols.datasets and .text on the real bundled data (no network)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of secagg.partition.dirichlet_partition."""
+"""Property tests of secagg.protocols.partition.dirichlet_partition."""
 
 from __future__ import annotations
 
