@@ -19,6 +19,7 @@ back to the clients as the next global model.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ from ..plan import RunPlan
 from ..roundlog import ClientReport, RoundPlan
 from .config import FlowerOptions, config_from_run_config
 from .keys import load_registry, load_server_context
+from .latency import quick_pulls
 from .records import (
     MESSAGE_ATTENTION,
     MESSAGE_OUTCOME,
@@ -172,18 +174,21 @@ class FlowerTransport:
         """Push ``messages`` and pull their replies every 50 ms until all arrived or timeout.
 
         ``Grid.send_and_receive`` waits three seconds between pulls, which would add up
-        to three seconds to every exchange of a round.
+        to three seconds to every exchange of a round; a reply pulled while its sender
+        is still uploading it is retried after 50 ms rather than Flower's 1 s
+        (:func:`~secagg.protocols.flower.latency.quick_pulls`).
         """
         waiting = set(self.grid.push_messages(messages))
         replies: list[Message] = []
         deadline = time.monotonic() + timeout
-        while waiting:
-            pulled = list(self.grid.pull_messages(waiting))
-            replies += pulled
-            waiting -= {m.metadata.reply_to_message_id for m in pulled}
-            if not waiting or time.monotonic() >= deadline:
-                break
-            time.sleep(_POLL_SECONDS)
+        with quick_pulls(sys.modules[type(self.grid).__module__]):
+            while waiting:
+                pulled = list(self.grid.pull_messages(waiting))
+                replies += pulled
+                waiting -= {m.metadata.reply_to_message_id for m in pulled}
+                if not waiting or time.monotonic() >= deadline:
+                    break
+                time.sleep(_POLL_SECONDS)
         return replies
 
     def _exchange(

@@ -1,12 +1,15 @@
-"""``flower-supernode`` with a shorter idle poll: the same node, less waiting per message.
+"""``flower-supernode`` with shorter waits: the same node, less waiting per message.
 
 Flower 1.42's SuperNode asks the SuperLink for a message and, when there is none,
 sleeps a fixed 3 s before asking again; after handing a message to its ClientApp it
-checks for the reply every 0.5 s. A secagg round is two sequential exchanges (the
-clients' training, then the key holder's release), so those fixed waits alone cost a
-round about 3-7 s whatever the training takes. This launcher runs Flower's own
-``flower-supernode`` entry point unchanged, with those two waits capped at
-``--poll-interval`` seconds (default 0.1), and takes every ``flower-supernode`` option::
+checks for the reply every 0.5 s; and when it pulls a message whose contents the
+ServerApp is still uploading, it retries after 1 s, then 2 s, and so on. A secagg
+round is two sequential exchanges (the clients' training, then the key holder's
+release), so those fixed waits alone cost a round about 3-7 s whatever the training
+takes. This launcher runs Flower's own ``flower-supernode`` entry point unchanged, with
+the first two waits capped at ``--poll-interval`` seconds (default 0.1) and the retry
+starting at 50 ms (:func:`~secagg.protocols.flower.latency.quick_pulls`), and takes every
+``flower-supernode`` option::
 
     python -m secagg.protocols.flower.supernode --poll-interval 0.1 \\
         --superlink superlink.example.org:9092 --root-certificates certs/ca.crt \\
@@ -16,9 +19,10 @@ Each node then polls the SuperLink up to ``1 / poll-interval`` times a second wh
 idle: fine for tens of nodes; keep Flower's default (plain ``flower-supernode``) for
 large fleets, where the SuperLink's load matters more than a round's latency.
 
-The cap replaces the ``time`` module seen by ``flwr.supernode.start_client_internal``
-alone (nothing else in the process changes); :func:`check_flower_loop` refuses to start
-if the pinned Flower's loop no longer has the waits this was written for.
+The caps replace the ``time`` module and ``pull_objects`` seen by
+``flwr.supernode.start_client_internal`` alone (nothing else in the process changes);
+:func:`check_flower_loop` refuses to start if the pinned Flower's loop no longer has the
+waits this was written for.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import types
 from collections.abc import Sequence
 
 from ...errors import ConfigurationError
+from .latency import quick_pulls
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "capped_time", "check_flower_loop", "main"]
 
@@ -75,7 +80,11 @@ def check_flower_loop(module: types.ModuleType) -> None:
     """
     source = inspect.getsource(module)
     missing = [wait for wait in _FLOWER_WAITS if wait not in source]
-    if missing or not isinstance(getattr(module, "time", None), types.ModuleType):
+    if (
+        missing
+        or not isinstance(getattr(module, "time", None), types.ModuleType)
+        or not callable(getattr(module, "pull_objects", None))
+    ):
         raise ConfigurationError(
             "this Flower's SuperNode loop differs from Flower 1.42's (no "
             f"{', '.join(missing) or 'module-level time'}); run flower-supernode instead"
@@ -106,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     start_client_internal.time = shim  # type: ignore[attr-defined]
     sys.argv = ["flower-supernode", *args]
-    flower_supernode()
+    with quick_pulls(start_client_internal):
+        flower_supernode()
     return 0
 
 

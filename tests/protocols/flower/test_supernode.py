@@ -70,3 +70,40 @@ def test_the_launcher_runs_flowers_own_supernode_cli() -> None:
     )
     assert done.returncode == 0
     assert "--superlink" in done.stdout and "--node-config" in done.stdout
+
+
+def test_quick_pulls_retry_sooner_inside_the_block_only() -> None:
+    from secagg.protocols.flower.latency import quick_pulls
+
+    seen: list[dict[str, object]] = []
+
+    def pull_objects(object_ids: list[str], **kwargs: object) -> dict[str, bytes]:
+        seen.append(kwargs)
+        return {}
+
+    module = types.ModuleType("flower_module")
+    module.pull_objects = pull_objects  # type: ignore[attr-defined]
+    with quick_pulls(module):
+        module.pull_objects(["a"])  # type: ignore[attr-defined]
+        with quick_pulls(module):  # nested: not wrapped twice
+            module.pull_objects(["b"])  # type: ignore[attr-defined]
+    module.pull_objects(["c"])  # type: ignore[attr-defined]
+    assert seen == [
+        {"initial_backoff": 0.05, "backoff_cap": 0.5},
+        {"initial_backoff": 0.05, "backoff_cap": 0.5},
+        {},
+    ]
+    assert module.pull_objects is pull_objects  # type: ignore[attr-defined]
+    with quick_pulls(types.ModuleType("no_pulls")):  # nothing to change: no error
+        pass
+
+
+def test_the_pinned_flower_pulls_objects_with_these_keywords() -> None:
+    import inspect
+
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+
+    for module in (http_grid, start_client_internal):
+        parameters = inspect.signature(module.pull_objects).parameters
+        assert {"initial_backoff", "backoff_cap"} <= set(parameters)
