@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := secagg models protocols tests bench
 
-.PHONY: run test lint typecheck bench soak clean venv
+.PHONY: run test lint typecheck bench accuracy soak clean venv
 
 $(STAMP): pyproject.toml requirements/lock.txt requirements/datasets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ typecheck: $(STAMP)
 ## The full benchmark sweep: writes bench-results/ (bench.json, bench.md, PNG plots).
 bench: $(STAMP)
 	$(PY) -m bench.sweep --out bench-results
+
+## The accuracy benchmark: DP + HE beside its alternatives, 3 seeds (accuracy.md).
+accuracy: $(STAMP)
+	$(PY) -m bench.accuracy --seeds 0 1 2 --out bench-results
 
 ## A long fuzzing soak (not in CI).
 soak: $(STAMP)
