@@ -238,19 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    report = ""
     for dataset in args.datasets:
         for seed in args.seeds:
             run = measure(dataset, seed=seed)
             runs.append(run)
             brief = {k: round(v["accuracy"], 4) for k, v in run["rows"].items()}
             print(dataset, seed, brief, flush=True)
-    elapsed = time.perf_counter() - start
-    (args.out / "accuracy.json").write_text(json.dumps(runs, indent=2))
-    report = markdown(runs, elapsed)
-    (args.out / "accuracy.md").write_text(report)
+            # written after every run: a long benchmark that dies keeps what it measured
+            report = _write(args.out, runs, time.perf_counter() - start)
     print(report)
     return 0
+
+
+def _write(out: Path, runs: list[dict[str, Any]], seconds: float) -> str:
+    (out / "accuracy.json").write_text(json.dumps(runs, indent=2))
+    report = markdown(runs, seconds)
+    (out / "accuracy.md").write_text(report)
+    return report
 
 
 if __name__ == "__main__":

@@ -608,7 +608,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--plain-supernode",
         action="store_true",
-        help="Flower's own flower-supernode (3 s idle poll), for comparison",
+        help="Flower's own flower-supernode (3 s idle poll, a cold flwr-clientapp per message), "
+        "for comparison",
     )
     parser.add_argument("--workdir", type=Path, help="keep keys, logs and output here")
     parser.add_argument("--timeout", type=float, default=900.0, help="most seconds for the run")

@@ -19,7 +19,12 @@ Each node then polls the SuperLink up to ``1 / poll-interval`` times a second wh
 idle: fine for tens of nodes; keep Flower's default (plain ``flower-supernode``) for
 large fleets, where the SuperLink's load matters more than a round's latency.
 
-The caps replace the ``time`` module and ``pull_objects`` seen by
+Flower's SuperNode also starts a fresh ``flwr-clientapp`` interpreter per message
+(about 1.5 s of imports each); the launcher starts its ``flower-superexec`` as
+:mod:`secagg.protocols.flower.forkserver`, which forks each ClientApp process from a
+warm parent instead (``--no-fork-server`` keeps Flower's own).
+
+The caps replace the ``time``, ``subprocess`` and ``pull_objects`` seen by
 ``flwr.supernode.start_client_internal`` alone (nothing else in the process changes);
 :func:`check_flower_loop` refuses to start if the pinned Flower's loop no longer has the
 waits this was written for.
@@ -29,15 +34,23 @@ from __future__ import annotations
 
 import inspect
 import math
+import subprocess
 import sys
 import time
 import types
 from collections.abc import Sequence
+from typing import Any
 
 from ...errors import ConfigurationError
 from .latency import quick_pulls
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "capped_time", "check_flower_loop", "main"]
+__all__ = [
+    "DEFAULT_POLL_INTERVAL",
+    "capped_time",
+    "check_flower_loop",
+    "forking_subprocess",
+    "main",
+]
 
 #: Seconds between a node's polls while idle (Flower's own: 3 s, then 0.5 s for replies).
 DEFAULT_POLL_INTERVAL = 0.1
@@ -70,6 +83,23 @@ def capped_time(poll_interval: float) -> types.ModuleType:
     return shim
 
 
+def forking_subprocess() -> types.ModuleType:
+    """A stand-in for ``subprocess`` that starts ``flower-superexec`` as the fork server's.
+
+    Every other command starts unchanged; the arguments Flower builds are kept.
+    """
+    shim = types.ModuleType("subprocess", "subprocess, with flower-superexec replaced")
+    shim.__dict__.update({k: v for k, v in vars(subprocess).items() if not k.startswith("__")})
+
+    def popen(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        if isinstance(args, list | tuple) and args and args[0] == "flower-superexec":
+            args = [sys.executable, "-m", "secagg.protocols.flower.forkserver", *args[1:]]
+        return subprocess.Popen(args, *rest, **kwargs)
+
+    shim.Popen = popen  # type: ignore[attr-defined]
+    return shim
+
+
 def check_flower_loop(module: types.ModuleType) -> None:
     """Refuse a Flower whose SuperNode loop is not the one this launcher was written for.
 
@@ -82,7 +112,9 @@ def check_flower_loop(module: types.ModuleType) -> None:
     missing = [wait for wait in _FLOWER_WAITS if wait not in source]
     if (
         missing
+        or "flower-superexec" not in source
         or not isinstance(getattr(module, "time", None), types.ModuleType)
+        or not isinstance(getattr(module, "subprocess", None), types.ModuleType)
         or not callable(getattr(module, "pull_objects", None))
     ):
         raise ConfigurationError(
@@ -92,9 +124,11 @@ def check_flower_loop(module: types.ModuleType) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``flower-supernode`` with ``argv`` (minus ``--poll-interval S``)."""
+    """Run ``flower-supernode`` with ``argv`` (less ``--poll-interval``, ``--no-fork-server``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     interval = DEFAULT_POLL_INTERVAL
+    fork_server = "--no-fork-server" not in args
+    args = [arg for arg in args if arg != "--no-fork-server"]
     try:
         if "--poll-interval" in args:
             at = args.index("--poll-interval")
@@ -114,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start_client_internal.time = shim  # type: ignore[attr-defined]
+    if fork_server:
+        start_client_internal.subprocess = forking_subprocess()  # type: ignore[attr-defined]
     sys.argv = ["flower-supernode", *args]
     with quick_pulls(start_client_internal):
         flower_supernode()

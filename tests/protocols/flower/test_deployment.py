@@ -93,6 +93,11 @@ def test_loopback_deployment_matches_the_in_process_federation(
     seconds = deployment.run(app, run_config, timeout=RUN_TIMEOUT)
     print(f"flwr run: {seconds:.1f} s")
 
+    # every ClientApp process was forked from the node's warm fork server, none started cold
+    for log in deployment.log_dir.glob("supernode-*.log"):
+        text = log.read_text(errors="replace")
+        assert "Start `flwr-clientapp` process" not in text and "fork server" not in text, log
+
     written: dict[str, Any] = json.loads((output / METRICS_FILE).read_text())
     assert written["finished"] is True
     statuses = [m["status"] for m in written["metrics"]]
