@@ -19,6 +19,11 @@ as Flower starts them. The SuperNode launcher
 
     python -m secagg.protocols.flower.forkserver --runtime-api-address 127.0.0.1:9094 ...
 
+The fork server imports modules and nothing else: it holds no key, no model and no
+random state. Every privacy-relevant draw in secagg reads the OS CSPRNG when it is made
+(:mod:`secagg._random`, SEAL's own generator seeds itself per encryptor), so children
+forked from one parent never share randomness (``tests/protocols/flower/test_forkserver.py``).
+
 The fork server reads task specifications (one JSON line each) from its standard input,
 a pipe only its SuperExec holds; it exits when that pipe closes (its SuperExec ended).
 """

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.flower
 _RECORDING_SERVER = """
 import json, os, sys
 from pathlib import Path
+from secagg._random import secure_normal
 from secagg.protocols.flower.forkserver import serve
 out = Path(sys.argv[1])
 def run(spec):
     tmp = out / f"{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"spec": spec, "ppid": os.getppid()}))
+    noise = secure_normal(4).tolist()  # what a ClientApp would draw for DP
+    tmp.write_text(json.dumps({"spec": spec, "ppid": os.getppid(), "noise": noise}))
     tmp.rename(out / f"{os.getpid()}.json")
     if spec["token"] == "fail":
         raise SystemExit(7)
@@ -102,6 +104,7 @@ def test_each_clientapp_task_runs_in_its_own_forked_child(tmp_path: Path) -> Non
     assert len({p.stem for p in tmp_path.glob("*.json")}) == 2  # one process per task
     assert records[0]["spec"]["parent_pid"] == 12345  # Flower's arguments, unchanged
     assert server.returncode == 0  # closing the pipe ends the fork server cleanly
+    assert records[0]["noise"] != records[1]["noise"]  # forked children share no randomness
 
 
 def test_other_task_types_and_a_dead_fork_server_fall_back_to_flowers_subprocesses(
