@@ -234,3 +234,25 @@ def test_the_server_cannot_regenerate_a_clients_dp_noise_from_the_run_seed(
         assert error < 1e-6
     else:
         assert error > 1e-3
+
+
+def test_non_private_clients_train_every_local_epoch() -> None:
+    # The first release's --no-dp client ran one pass whatever `local_epochs` said.
+    runs = {}
+    for epochs in (1, 3):
+        config = tiny_config(dp=False, he=False, rounds=1, fraction=1.0, local_epochs=epochs)
+        federation = Federation(config)
+        client = federation.clients[0]
+        with client.round(federation.global_state, seed=1) as batches:
+            seen = sum(len(targets) for _, targets in batches)
+        assert seen == epochs * client.num_examples
+        runs[epochs] = Federation(config).run().global_state
+    assert max(float((runs[1][k] - runs[3][k]).abs().max()) for k in runs[1]) > 1e-4
+
+
+def test_the_non_private_baseline_gets_its_own_recipe_not_the_dp_one() -> None:
+    private = secagg.protocols.default_config("digits")
+    baseline = secagg.protocols.default_config("digits", dp=False)
+    assert baseline.epsilon is None and baseline.noise_multiplier is None
+    assert (baseline.client_optimizer, baseline.batch_size) == ("adam", 32)
+    assert (private.client_optimizer, private.lr) != (baseline.client_optimizer, baseline.lr)
