@@ -55,6 +55,13 @@ __all__ = [
 #: Seconds between a node's polls while idle (Flower's own: 3 s, then 0.5 s for replies).
 DEFAULT_POLL_INTERVAL = 0.1
 
+_HELP = f"""secagg's SuperNode launcher: Flower's flower-supernode with shorter waits.
+
+secagg options (every other option is flower-supernode's, below):
+  --poll-interval S   idle poll and reply check in seconds, 0.01-3 (default {DEFAULT_POLL_INTERVAL})
+  --no-fork-server    start a cold flwr-clientapp per message, as Flower does
+"""
+
 # What the pinned Flower's SuperNode loop must contain for the cap to apply.
 _FLOWER_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
 
@@ -150,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_client_internal.time = shim  # type: ignore[attr-defined]
     if fork_server:
         start_client_internal.subprocess = forking_subprocess()  # type: ignore[attr-defined]
+    if "-h" in args or "--help" in args:
+        print(_HELP)
     sys.argv = ["flower-supernode", *args]
     with quick_pulls(start_client_internal):
         flower_supernode()

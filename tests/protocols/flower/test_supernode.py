@@ -107,3 +107,15 @@ def test_the_pinned_flower_pulls_objects_with_these_keywords() -> None:
     for module in (http_grid, start_client_internal):
         parameters = inspect.signature(module.pull_objects).parameters
         assert {"initial_backoff", "backoff_cap"} <= set(parameters)
+
+
+def test_the_launchers_help_names_its_own_options_then_flowers() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "secagg.protocols.flower.supernode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "--poll-interval" in done.stdout and "--no-fork-server" in done.stdout
+    assert "--superlink" in done.stdout  # Flower's own options follow
