@@ -22,7 +22,7 @@ EXPECTED: dict[str, tuple[str, int, int, tuple[int, ...]]] = {
     "digits": ("image", 1797, 10, (1, 8, 8)),
     "breast_cancer": ("tabular", 569, 2, (30,)),
     "mnist": ("image", 5000, 10, (1, 28, 28)),
-    "bbc_news": ("text", 2116, 5, (256,)),  # 2,225 files, 109 repeated inputs
+    "bbc_news": ("text", 2120, 5, (512,)),  # 2,225 files, 105 repeated inputs
     "rotten_tomatoes": ("text", 12749, 2, (64,)),  # 12,808 reviews, 59 repeated
     "german_credit": ("tabular", 1000, 2, (61,)),
 }
