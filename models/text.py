@@ -243,9 +243,11 @@ class TextAttentionClassifier(nn.Module):
         ValueError
             If ``input_ids`` has the wrong shape, dtype or length.
         """
-        weights = self.attention_weights(input_ids)
+        input_ids = self._check(input_ids)
+        with torch.no_grad():
+            weights = self._attend(input_ids)
         rows = torch.zeros(len(weights), self.vocab_size, dtype=weights.dtype)
-        return rows.scatter_add_(1, self._check(input_ids), weights)
+        return rows.scatter_add_(1, input_ids, weights)
 
     def attention_weights(self, input_ids: Tensor) -> Tensor:
         """Return the attention weight of each token position, without gradient tracking.
