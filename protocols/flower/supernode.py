@@ -66,6 +66,14 @@ secagg options (every other option is flower-supernode's, below):
 _FLOWER_WAITS = ("time.sleep(3)", "time.sleep(0.5)")
 
 
+def _stand_in(module: types.ModuleType, doc: str, **replaced: Any) -> types.ModuleType:
+    """A copy of ``module``'s namespace with the ``replaced`` names swapped in."""
+    shim = types.ModuleType(module.__name__, doc)
+    shim.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    shim.__dict__.update(replaced)
+    return shim
+
+
 def capped_time(poll_interval: float) -> types.ModuleType:
     """A stand-in for the ``time`` module whose ``sleep`` waits at most ``poll_interval``.
 
@@ -80,14 +88,11 @@ def capped_time(poll_interval: float) -> types.ModuleType:
         or not 0.01 <= poll_interval <= 3.0
     ):
         raise ConfigurationError("--poll-interval must be a number of seconds in [0.01, 3]")
-    shim = types.ModuleType("time", "time, with sleep capped for Flower's SuperNode loop")
-    shim.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
 
     def sleep(seconds: float) -> None:
         time.sleep(min(float(seconds), poll_interval))
 
-    shim.sleep = sleep  # type: ignore[attr-defined]
-    return shim
+    return _stand_in(time, "time, with sleep capped for Flower's SuperNode loop", sleep=sleep)
 
 
 def forking_subprocess() -> types.ModuleType:
@@ -95,16 +100,13 @@ def forking_subprocess() -> types.ModuleType:
 
     Every other command starts unchanged; the arguments Flower builds are kept.
     """
-    shim = types.ModuleType("subprocess", "subprocess, with flower-superexec replaced")
-    shim.__dict__.update({k: v for k, v in vars(subprocess).items() if not k.startswith("__")})
 
     def popen(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:
         if isinstance(args, list | tuple) and args and args[0] == "flower-superexec":
             args = [sys.executable, "-m", "secagg.protocols.flower.forkserver", *args[1:]]
         return subprocess.Popen(args, *rest, **kwargs)
 
-    shim.Popen = popen  # type: ignore[attr-defined]
-    return shim
+    return _stand_in(subprocess, "subprocess, with flower-superexec replaced", Popen=popen)
 
 
 def check_flower_loop(module: types.ModuleType) -> None:
