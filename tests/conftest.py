@@ -9,6 +9,8 @@ policy it needs (``federation.key_holder(min_clients=1)`` for single-client sums
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 import secagg
@@ -42,3 +44,14 @@ def small_federation() -> secagg.FederationKeys:
 def approx_federation() -> secagg.FederationKeys:
     """Fresh ``approx``-preset keys (approximate CKKS, flooded) of ``a``, ``b`` and ``c``."""
     return secagg.FederationKeys.generate(list(ROSTER), preset="approx")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run the test with one torch thread, as ``secagg run``'s clients do (then restore)."""
+    import torch  # here, not at the top: most tests never load torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

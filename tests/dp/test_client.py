@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,10 @@ from secagg.dp.client import RDP_ORDERS, PrivateClient, ResearchOnlyWarning, pla
 from secagg.errors import CheckpointError, ConfigurationError, PrivacyBudgetExceededError
 from secagg.protocols.datasets import load_dataset
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def _client(

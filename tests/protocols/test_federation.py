@@ -16,19 +16,14 @@ from secagg.errors import CheckpointError, ConfigurationError
 from secagg.protocols import Federation, FederationConfig, load_checkpoint
 from secagg.protocols.local import train_round
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def tiny(**changes: Any) -> FederationConfig:
     return tiny_config(**changes)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -61,7 +61,11 @@ from secagg.protocols.flower.keys import main as keys_main
 from secagg.protocols.flower.records import bytes_record, read_state, state_record
 from secagg.protocols.flower.server_app import FlowerServer, run_server
 
-pytestmark = [pytest.mark.flower, pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.flower,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 RUN_ID = 7
 SUPERLINK_NODE = 1
@@ -167,14 +171,6 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
