@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 import secagg
+import secagg.crypto._rlwe as rlwe_module
 import secagg.crypto._seal as seal_module
 import secagg.crypto.client as client_module
 import secagg.crypto.layout as layout_module
 from secagg.crypto._mac import RoundMac
-from secagg.crypto._seal import SealParameters, SealSession
+from secagg.crypto._rlwe import SecretKeyEncryptor
+from secagg.crypto._seal import SealParameters
 from secagg.crypto.layout import FieldLayout
 from secagg.crypto.registry import SigningKey
 from secagg.crypto.spec import flatten_update
@@ -41,10 +43,13 @@ STAGES: tuple[tuple[Any, str, str], ...] = (
     (layout_module, "secure_bits32", "CSPRNG bits (rounding)"),
     (FieldLayout, "quantize", "quantise"),
     (FieldLayout, "rows", "pack fields into coefficients"),
+    (rlwe_module, "sample_error", "error sampling (CSPRNG)"),
+    (SecretKeyEncryptor, "add_error", "add error (m + e)"),
     (SealParameters, "transform", "NTT via SEAL files"),
     (seal_module, "_save", "SEAL serialisation (zstd)"),
-    (SealParameters, "parse_seeded", "parse and range-check c0"),
-    (SealSession, "encrypt_coefficients", "SEAL encrypt_zero_symmetric + add"),
+    (rlwe_module, "expand_c1", "c1 expansion (AES-256-CTR)"),
+    (SecretKeyEncryptor, "times_secret", "c1 · s (NTT domain)"),
+    (SecretKeyEncryptor, "encrypt_ntt", "c0 = NTT(m + e) - c1 · s"),
     (RoundMac, "chunk_terms", "MAC"),
     (RoundMac, "tag", "MAC"),
     (client_module, "pack_coefficients", "bit-pack c0"),

@@ -1,8 +1,9 @@
-"""Randomness that protects privacy: Gaussian noise from the operating system's CSPRNG.
+"""Randomness that protects privacy, from the operating system's CSPRNG.
 
-Every draw keys a fresh AES-256-CTR stream with 32 bytes from ``os.urandom`` (a
-CSPRNG seeded by the OS; nothing anyone else knows, no global state), turns it into
-53-bit uniforms and those into normals by Box–Muller. Each returned value is the
+Gaussian noise (DP, flooding), rounding bits and encryption errors. Every draw keys a
+fresh AES-256-CTR stream with 32 bytes from ``os.urandom`` (a CSPRNG seeded by the OS;
+nothing anyone else knows, no global state). Raw words serve as bits; for normals the
+stream becomes 53-bit uniforms and those normals by Box–Muller. Each returned value is the
 sum of four independent normals divided by two (still ``N(0, 1)``), the defence
 against floating-point attacks on Gaussian sampling that Opacus's ``secure_mode``
 uses (Holohan and Braghin 2021, section 5.1).
@@ -18,7 +19,7 @@ import os
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["secure_normal", "secure_seed", "secure_uniform"]
+__all__ = ["secure_bits32", "secure_bits64", "secure_normal", "secure_seed", "secure_uniform"]
 
 _SUMMANDS = 4
 
@@ -37,6 +38,11 @@ def secure_uniform(size: int) -> np.ndarray:
 def secure_bits32(size: int) -> np.ndarray:
     """``size`` uniform 32-bit words (``uint32``) from the OS CSPRNG."""
     return np.frombuffer(_stream_bytes(4 * size), dtype="<u4")
+
+
+def secure_bits64(size: int) -> np.ndarray:
+    """``size`` uniform 64-bit words (``uint64``) from the OS CSPRNG."""
+    return np.frombuffer(_stream_bytes(8 * size), dtype="<u8")
 
 
 def secure_normal(size: int) -> np.ndarray:

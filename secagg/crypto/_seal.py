@@ -1,16 +1,18 @@
-"""Internal bridge to SEAL through ``tenseal.sealapi``: parameters, encryption, decryption.
+"""Internal bridge to SEAL through ``tenseal.sealapi``: parameters, NTTs, decryption.
 
-secagg never ships SEAL's own ciphertext files. A client encrypts with SEAL's seeded
-symmetric encryption and keeps only the two things that define the ciphertext: the
-first polynomial ``c0`` (in NTT form, one ``uint64`` per coefficient and data prime)
-and the 64-byte seed from which SEAL expands the second polynomial ``c1``. The server
-adds ``c0`` polynomials itself (modulo the data primes); the key holder rebuilds every
-contributor's ``c1`` from its seed, so no ``c1`` chosen by anyone but SEAL's own
-expansion is ever decrypted (see ``docs/THREAT_MODEL.md``).
+secagg never ships SEAL's own ciphertext files. A ciphertext travels as its first
+polynomial ``c0`` (in NTT form, one ``uint64`` per coefficient and data prime) and the
+32-byte seed from which :func:`secagg.crypto._rlwe.expand_c1` expands the second
+polynomial ``c1``. Clients encrypt with :mod:`secagg.crypto._rlwe` (SEAL's symmetric
+encryption, computed with numpy) and use SEAL for the NTT of their plaintexts and for
+CKKS encoding. The server adds ``c0`` polynomials itself (modulo the data primes); the
+key holder expands every contributor's ``c1`` from its seed and hands the sum to SEAL's
+``Decryptor``, so no ``c1`` chosen by anyone is ever decrypted (see
+``docs/THREAT_MODEL.md``).
 
 SEAL objects only save to and load from paths; an anonymous in-memory file (``memfd``)
 keeps every byte off disk. SEAL compresses what it saves with zstd; the ciphertext
-files the key holder hands back to SEAL are written uncompressed by :func:`_seal_file`.
+files secagg hands to SEAL are written uncompressed by :meth:`SealParameters._polys_file`.
 Every SEAL failure on untrusted bytes becomes a typed :mod:`secagg.errors` exception.
 """
 
@@ -21,7 +23,6 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +30,7 @@ import tenseal.sealapi as sealapi
 import zstandard
 
 from ..errors import ContextError, FormatError
+from ._rlwe import SEED_BYTES, CiphertextParts, SecretKeyEncryptor, expand_c1, reduce_once
 from .presets import Preset
 
 __all__ = [
@@ -41,14 +43,12 @@ __all__ = [
     "parameters_to_bytes",
 ]
 
-SEED_BYTES = 64
 _HEADER = struct.Struct("<HBBBBHQ")  # SEALHeader: magic, size, major, minor, compression, _, bytes
 _MAGIC = 0xA15E
 _COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
 # Ciphertext members: parms_id, is_ntt_form, size, N, coeff_modulus_size, scale, correction.
 _CT_MEMBERS = struct.Struct("<32sBQQQdQ")
 _PT_MEMBERS = struct.Struct("<32sQd")  # Plaintext: parms_id, coeff_count, scale
-_PRNG_BLAKE2XB = 1
 _MAX_OBJECT_BYTES = 1 << 26
 # One decompressor per process (a client or key holder decompresses one object at a time).
 _ZSTD = zstandard.ZstdDecompressor()
@@ -107,23 +107,6 @@ def parameters_from_bytes(data: bytes) -> Any:
     return parms
 
 
-@dataclass(frozen=True)
-class CiphertextParts:
-    """What defines one seeded symmetric ciphertext.
-
-    Attributes
-    ----------
-    c0 : numpy.ndarray
-        ``uint64`` of shape ``(L·N,)``: the first polynomial in NTT form, residues
-        modulo each of the ``L`` data primes in turn, every one below its prime.
-    seed : bytes
-        The 64-byte Blake2xb seed SEAL expands into the second polynomial ``c1``.
-    """
-
-    c0: np.ndarray
-    seed: bytes
-
-
 class SealParameters:
     """A validated SEAL CKKS context for a preset (no key of any kind).
 
@@ -176,30 +159,35 @@ class SealParameters:
         return np.repeat(np.asarray(self.moduli, dtype=np.uint64), n)
 
     # ------------------------------------------------------------------ SEAL files
-    def _object(self, members: bytes) -> bytes:
-        major, minor = self._version
-        return _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, 0) + members
-
-    def _seal_file(self, c0: np.ndarray, seed: bytes) -> bytes:
-        """An uncompressed SEAL file of the seeded ciphertext ``(c0, expand(seed))``."""
-        n = self.preset.poly_modulus_degree
-        data = np.ascontiguousarray(c0, dtype="<u8").tobytes()
-        dyn = self._sized(struct.pack("<Q", c0.size) + data)
-        info = self._sized(bytes([_PRNG_BLAKE2XB]) + seed)
-        members = (
-            _CT_MEMBERS.pack(self.parms_id, 1, 2, n, len(self.moduli), self.preset.scale, 1)
-            + dyn
-            + info
-        )
-        return self._sized(members)
-
     def _sized(self, members: bytes) -> bytes:
         major, minor = self._version
         size = _HEADER.size + len(members)
         return _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, size) + members
 
-    def load_seeded(self, c0: np.ndarray, seed: bytes) -> Any:
-        """Load the seeded ciphertext ``(c0, expand(seed))`` into a SEAL ``Ciphertext``.
+    def _polys_file(self, polys: np.ndarray, *, ntt: bool, scale: float = 1.0) -> bytes:
+        """An uncompressed SEAL file of a ciphertext whose polynomials are ``polys``."""
+        n = self.preset.poly_modulus_degree
+        data = np.ascontiguousarray(polys, dtype="<u8")
+        dyn = self._sized(struct.pack("<Q", data.size) + data.tobytes())
+        members = _CT_MEMBERS.pack(
+            self.parms_id, 1 if ntt else 0, polys.shape[0], n, len(self.moduli), scale, 1
+        )
+        return self._sized(members + dyn)
+
+    def expand_c1(self, seeds: Sequence[bytes]) -> np.ndarray:
+        """``Σ expand(seed)`` modulo each data prime: the ``c1`` of a sum (public)."""
+        column = self.modulus_column()
+        total = np.zeros(self.coefficients, dtype=np.uint64)
+        for seed in seeds:
+            try:
+                total += expand_c1(seed, self.moduli, self.preset.poly_modulus_degree)
+            except ValueError as exc:
+                raise FormatError(str(exc)) from None
+            reduce_once(total, column)
+        return total
+
+    def load_ciphertext(self, c0: np.ndarray, c1: np.ndarray) -> Any:
+        """Load the NTT-form ciphertext ``(c0, c1)`` into a SEAL ``Ciphertext``.
 
         Raises
         ------
@@ -207,22 +195,13 @@ class SealParameters:
             If SEAL refuses it (for example a coefficient not below its prime).
         """
         ciphertext = sealapi.Ciphertext()
+        polys = np.vstack([c0, c1])
         try:
-            with _memfile(self._seal_file(c0, seed)) as path:
+            with _memfile(self._polys_file(polys, ntt=True, scale=self.preset.scale)) as path:
                 ciphertext.load(self.context, path)
         except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
             raise FormatError(f"SEAL refused a ciphertext: {exc}") from None
         return ciphertext
-
-    def _polys_file(self, polys: np.ndarray, *, ntt: bool) -> bytes:
-        """An uncompressed SEAL file of a ciphertext whose polynomials are ``polys``."""
-        n = self.preset.poly_modulus_degree
-        data = np.ascontiguousarray(polys, dtype="<u8")
-        dyn = self._sized(struct.pack("<Q", data.size) + data.tobytes())
-        members = _CT_MEMBERS.pack(
-            self.parms_id, 1 if ntt else 0, polys.shape[0], n, len(self.moduli), 1.0, 1
-        )
-        return self._sized(members + dyn)
 
     def _read_polys(self, data: bytes, count: int) -> np.ndarray:
         members = _members(data)
@@ -257,56 +236,22 @@ class SealParameters:
             out[start : start + count] = done[:count]
         return out
 
-    def parse_plaintext(self, data: bytes) -> np.ndarray:
-        """The NTT-form coefficients of a plaintext file saved by SEAL."""
+    def parse_plaintext(self, data: bytes, *, parms_id: bytes | None = None) -> np.ndarray:
+        """The NTT-form coefficients of a plaintext file saved by SEAL.
+
+        A plaintext at another level (``parms_id``, e.g. the secret key's) gives the
+        residues of its first ``L`` primes: those of the data primes.
+        """
         members = _members(data)
         if len(members) < _PT_MEMBERS.size:
             raise FormatError("plaintext file is too short")
-        parms_id, count, _ = _PT_MEMBERS.unpack_from(members)
+        got_id, count, _ = _PT_MEMBERS.unpack_from(members)
         dyn = _members(members[_PT_MEMBERS.size :], nested=True)
-        if parms_id != self.parms_id or count != self.coefficients:
+        if got_id != (parms_id or self.parms_id) or count < self.coefficients:
             raise FormatError("not an NTT-form plaintext of this context")
         if len(dyn) != 8 + 8 * count:
             raise FormatError("plaintext data does not match its size")
-        return np.frombuffer(dyn, dtype="<u8", offset=8).copy()
-
-    def parse_seeded(self, data: bytes, *, copy: bool = True) -> CiphertextParts:
-        """Read ``c0`` and the seed out of a seeded ciphertext file saved by SEAL.
-
-        With ``copy=False``, ``c0`` is a read-only view of ``data``'s decompressed
-        members (for a caller that only reads it).
-
-        Raises
-        ------
-        FormatError
-            If the bytes are not a seeded, NTT-form, two-component ciphertext of this
-            context at the preset's scale.
-        """
-        members = _members(data)
-        if len(members) < _CT_MEMBERS.size:
-            raise FormatError("ciphertext file is too short")
-        parms_id, ntt, size, n, count, scale, _ = _CT_MEMBERS.unpack_from(members)
-        if parms_id != self.parms_id or not ntt or size != 2:
-            raise FormatError("not a fresh two-component NTT-form ciphertext of this context")
-        if n != self.preset.poly_modulus_degree or count != len(self.moduli):
-            raise FormatError("ciphertext dimensions differ from the context's")
-        if scale != self.preset.scale:
-            raise FormatError(f"ciphertext scale {scale} differs from {self.preset.scale}")
-        offset = _CT_MEMBERS.size
-        dyn = _members(members[offset:], nested=True)
-        offset += _HEADER.size + len(dyn)
-        (length,) = struct.unpack_from("<Q", dyn) if len(dyn) >= 8 else (None,)
-        if length != self.coefficients or len(dyn) != 8 + 8 * self.coefficients:
-            raise FormatError("not a seeded ciphertext (c1 is stored in full)")
-        c0 = np.frombuffer(dyn, dtype="<u8", count=self.coefficients, offset=8)
-        if copy:
-            c0 = c0.copy()
-        info = _members(members[offset:], nested=True)
-        if len(info) != 1 + SEED_BYTES or info[0] != _PRNG_BLAKE2XB:
-            raise FormatError("the ciphertext's seed is not a Blake2xb seed")
-        if np.any(c0 >= self.modulus_column()):
-            raise FormatError("a ciphertext coefficient is not reduced modulo its prime")
-        return CiphertextParts(c0=c0, seed=bytes(info[1:]))
+        return np.frombuffer(dyn, dtype="<u8", count=self.coefficients, offset=8).copy()
 
 
 def _members(data: bytes, *, nested: bool = False) -> bytes:
@@ -332,7 +277,7 @@ def _members(data: bytes, *, nested: bool = False) -> bytes:
 
 
 class SealSession:
-    """SEAL encoder, symmetric encryptor and decryptor for one secret key.
+    """Encryption, SEAL encoder and decryptor for one secret key.
 
     Parameters
     ----------
@@ -359,8 +304,12 @@ class SealSession:
                     self.secret_key.load(context, path)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ContextError(f"unreadable secret key: {exc}") from None
+        key_level = struct.pack("<4Q", *context.key_parms_id())
+        secret_ntt = parameters.parse_plaintext(_save(self.secret_key), parms_id=key_level)
+        self.encryptor = SecretKeyEncryptor(
+            secret_ntt, parameters.moduli, self.preset.poly_modulus_degree
+        )
         self.encoder = sealapi.CKKSEncoder(context)
-        self.encryptor = sealapi.Encryptor(context, self.secret_key)
         self.decryptor = sealapi.Decryptor(context, self.secret_key)
         self.evaluator = sealapi.Evaluator(context)
 
@@ -373,43 +322,33 @@ class SealSession:
         """Serialize the secret key (keep it secret)."""
         return _save(self.secret_key)
 
-    def encrypt(self, values: np.ndarray) -> CiphertextParts:
-        """Encrypt ``N`` reals (two per complex slot) as a seeded symmetric ciphertext."""
-        packed = values[0::2] + 1j * values[1::2]
+    def _ntt(self, polys: np.ndarray) -> np.ndarray:
+        return self.parameters.transform(polys, to_ntt=True, evaluator=self.evaluator)
+
+    def encrypt_slots(self, rows: np.ndarray) -> list[CiphertextParts]:
+        """Encrypt rows of ``N`` reals (two per complex slot, CKKS-encoded at the scale)."""
+        parameters = self.parameters
+        encoded = np.empty((rows.shape[0], parameters.coefficients), dtype=np.uint64)
         plaintext = sealapi.Plaintext()
-        self.encoder.encode(packed, self.preset.scale, plaintext)
-        return self.parameters.parse_seeded(_save(self.encryptor.encrypt_symmetric(plaintext)))
+        for out, values in zip(encoded, rows, strict=True):
+            self.encoder.encode(values[0::2] + 1j * values[1::2], self.preset.scale, plaintext)
+            out[:] = parameters.parse_plaintext(_save(plaintext))
+        noisy = encoded + self._ntt(self.encryptor.error_residues(rows.shape[0]))
+        return self.encryptor.encrypt_ntt(reduce_once(noisy, parameters.modulus_column()))
 
     def encrypt_coefficients(self, messages: np.ndarray) -> list[CiphertextParts]:
         """Encrypt plaintext polynomials given by their coefficients (each below ``q``).
 
-        For every row ``m``: a seeded symmetric encryption of zero, to whose ``c0`` the
-        NTT of ``m`` (computed by SEAL, see :meth:`SealParameters.transform`) is added
-        modulo ``q``: the encryption of ``m`` with SEAL's fresh error, no CKKS encoding.
+        For every row ``m``: fresh error ``e``, the NTT of ``m + e`` (computed by SEAL,
+        see :meth:`SealParameters.transform`), then a seeded encryption of it: SEAL's
+        symmetric encryption of ``m`` with no CKKS encoding.
         """
-        parameters = self.parameters
-        transformed = parameters.transform(messages, to_ntt=True, evaluator=self.evaluator)
-        column = parameters.modulus_column()
-        seeds = []
-        for row in transformed:  # row += c0 of a fresh encryption of zero (mod q)
-            zero = parameters.parse_seeded(
-                _save(self.encryptor.encrypt_zero_symmetric()), copy=False
-            )
-            row += zero.c0
-            seeds.append(zero.seed)
-        np.subtract(transformed, column, out=transformed, where=transformed >= column)
-        return [
-            CiphertextParts(c0=c0, seed=seed) for c0, seed in zip(transformed, seeds, strict=True)
-        ]
+        return self.encryptor.encrypt_ntt(self._ntt(self.encryptor.add_error(messages)))
 
     def _decrypt_plaintext(self, c0: np.ndarray, seeds: Sequence[bytes]) -> Any:
         if not seeds:
             raise FormatError("a sum needs at least one contribution")
-        parameters = self.parameters
-        total = parameters.load_seeded(c0, seeds[0])
-        zeros = np.zeros_like(c0)
-        for seed in seeds[1:]:
-            self.evaluator.add_inplace(total, parameters.load_seeded(zeros, seed))
+        total = self.parameters.load_ciphertext(c0, self.parameters.expand_c1(seeds))
         plaintext = sealapi.Plaintext()
         self.decryptor.decrypt(total, plaintext)
         return plaintext
@@ -426,7 +365,7 @@ class SealSession:
         """Decrypt ``(c0, Σ expand(seed))`` and decode its ``N`` reals (approximate presets).
 
         ``c0`` must already be the sum of the contributors' first polynomials; each
-        seed's ``c1`` is expanded by SEAL and added here.
+        seed's ``c1`` is expanded and added here.
         """
         plaintext = self._decrypt_plaintext(c0, seeds)
         decoded = np.asarray(self.encoder.decode_complex(plaintext), dtype=np.complex128)

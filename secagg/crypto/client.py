@@ -4,7 +4,7 @@ Wire form (a :mod:`secagg.crypto.wire` frame, always Ed25519-signed by the clien
 
     header   fingerprint, preset, layout, spec (+ hash), round id, client id,
              roster (+ digest), the MAC tag (one integer per data prime)
-    chunks   one per ciphertext: the 64-byte seed of c1, then c0 bit-packed
+    chunks   one per ciphertext: the 32-byte seed of c1, then c0 bit-packed
 
 The MAC tag (:mod:`secagg.crypto._mac`) lets the key holder verify, before decrypting, that
 an aggregate is exactly the sum of the claimed clients' ciphertexts of this round.
@@ -88,7 +88,7 @@ class EncryptedUpdate:
 
     @property
     def seeds(self) -> bytes:
-        """The chunks' 64-byte seeds, concatenated in chunk order."""
+        """The chunks' 32-byte seeds, concatenated in chunk order."""
         return b"".join(c[:SEED_BYTES] for c in self.chunks)
 
     def to_bytes(self) -> bytes:
@@ -225,7 +225,7 @@ def encrypt_update(
         return terms + parts.seed + pack_coefficients(parts.c0, bits)
 
     def encrypt_slots(start: int, block: np.ndarray) -> list[bytes]:
-        return [chunk(start + i, session.encrypt(row)) for i, row in enumerate(block)]
+        return [chunk(start + i, p) for i, p in enumerate(session.encrypt_slots(block))]
 
     def encrypt_fields(start: int, block: np.ndarray) -> list[bytes]:
         parts = session.encrypt_coefficients(block)

@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ._mac import RoundMac
 from ._parallel import map_blocks
+from ._rlwe import SEED_BYTES
 from ._validate import check_count
 from .client import mac_scope
 from .keys import KeyMaterial
@@ -413,7 +414,7 @@ class KeyHolder:
         def decrypt_block(start: int, block: np.ndarray) -> list[bytes]:
             out = []
             for i, c0 in enumerate(block, start):
-                chunk_seeds = [s[64 * i : 64 * (i + 1)] for s in seeds]
+                chunk_seeds = [s[SEED_BYTES * i : SEED_BYTES * (i + 1)] for s in seeds]
                 if exact:
                     out.append(session.decrypt_coefficients(c0, chunk_seeds).tobytes())
                 else:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._random import secure_bits32
 from ..errors import IntegrityError
+from ._rlwe import reduce_once
 from .presets import SEAL_NOISE_BOUND, Preset
 
 __all__ = ["FIELD_LAYOUT", "SLOT_LAYOUT", "FieldLayout", "Layout", "SlotLayout", "layout_for"]
@@ -123,7 +124,7 @@ class FieldLayout:
         shift = np.uint64(preset.noise_shift)
         half = np.uint64(1 << (preset.noise_shift - 1))
         lifted = phases + half
-        np.subtract(lifted, moduli, out=lifted, where=lifted >= moduli)
+        reduce_once(lifted, moduli)
         packed = lifted >> shift
         residual = lifted.astype(np.int64) - (packed << shift).astype(np.int64) - int(half)
         if int(np.abs(residual).max(initial=0)) > SEAL_NOISE_BOUND * contributors:

@@ -2,7 +2,7 @@
 
 Every preset uses seeded symmetric encryption with one 60-bit data prime plus SEAL's
 special prime. A ciphertext travels as its first polynomial, bit-packed at 60 bits per
-coefficient (7.5 bytes), and the 64-byte seed of its second.
+coefficient (7.5 bytes), and the 32-byte seed of its second.
 
 Exact presets (``encoding="exact"``; the default)
 -------------------------------------------------
@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
+from ._rlwe import SEED_BYTES
 
 __all__ = [
     "APPROXIMATE",
@@ -162,7 +163,7 @@ class Preset:
     def chunk_bytes(self) -> int:
         """Wire bytes of one ciphertext chunk: the seed and the bit-packed ``c0``."""
         bits = sum(self.data_prime_bits)
-        return 64 + -(-self.poly_modulus_degree * bits // 8)
+        return SEED_BYTES + -(-self.poly_modulus_degree * bits // 8)
 
     @property
     def bytes_per_parameter(self) -> float:

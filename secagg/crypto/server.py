@@ -1,7 +1,7 @@
 """Summing encrypted updates without any key: the aggregator and the encrypted aggregate.
 
 The server adds the clients' first ciphertext polynomials ``c0`` and their MAC tags
-modulo the data primes, and keeps each contributor's ciphertext seeds (64 bytes per
+modulo the data primes, and keeps each contributor's ciphertext seeds (32 bytes per
 chunk), from which the key holder rebuilds the second polynomials. Nothing here needs
 or holds a key; nothing here can decrypt.
 """
@@ -24,7 +24,7 @@ from ..errors import (
     UnknownClientError,
 )
 from ._codec import pack_coefficients, unpack_coefficients
-from ._seal import SEED_BYTES
+from ._rlwe import SEED_BYTES, reduce_once
 from ._validate import check_count, check_roster, check_round_id
 from .client import EncryptedUpdate, chunk_size
 from .context import ServerContext
@@ -40,7 +40,7 @@ __all__ = ["Aggregator", "EncryptedAggregate"]
 def _mod_add(total: np.ndarray, addend: np.ndarray, moduli: np.ndarray) -> None:
     """``total = (total + addend) mod q`` in place; both below ``q < 2^63``."""
     total += addend
-    np.subtract(total, moduli, out=total, where=total >= moduli)
+    reduce_once(total, moduli)
 
 
 @dataclass(eq=False)
@@ -67,7 +67,7 @@ class EncryptedAggregate:
     c0 : numpy.ndarray
         ``uint64`` of shape ``(chunks, L·N)``: the summed first polynomials.
     seeds : dict[str, bytes]
-        Each contributor's chunk seeds, concatenated (64 bytes per chunk).
+        Each contributor's chunk seeds, concatenated (32 bytes per chunk).
     tag : tuple of int
         The summed MAC tags, one per data prime.
     min_clients : int
@@ -100,7 +100,7 @@ class EncryptedAggregate:
         """Check that this object is a well-formed aggregate for ``context``'s key.
 
         The same checks :meth:`from_bytes` applies to bytes, for an aggregate handed over
-        as an object: types, a valid roster, distinct contributors on it, one 64-byte seed
+        as an object: types, a valid roster, distinct contributors on it, one 32-byte seed
         per chunk and contributor, the chunk count of the spec, every coefficient and tag
         reduced modulo its prime.
 
@@ -232,7 +232,7 @@ class Aggregator:
     Each :meth:`add` checks a payload completely (frame, signature by the client's
     registered key, round, roster, key, layout, ciphertext ranges) and only then folds
     it into the running sums, so a rejected payload leaves them exactly as they were
-    and memory stays at about one update's worth (plus 64 bytes per chunk and client).
+    and memory stays at about one update's worth (plus 32 bytes per chunk and client).
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 Layout (big-endian)::
 
     magic      4 bytes   what the payload is (update, aggregate, context, key, checkpoint)
-    version    u16       format version (FORMAT_VERSION)
+    version    u16       format version of the kind (:func:`format_version`)
     header_len u32       length of the JSON header (at most MAX_HEADER_BYTES)
     body_len   u64       length of the body: the chunks, back to back
     sig_len    u16       0, or 64 for a trailing Ed25519 signature
@@ -38,6 +38,7 @@ __all__ = [
     "MAGIC_UPDATE",
     "Frame",
     "field",
+    "format_version",
     "pack_frame",
     "unpack_frame",
 ]
@@ -61,6 +62,9 @@ _KNOWN_MAGICS = {
     MAGIC_SIGNING_KEY: "a client's signing key",
     MAGIC_CHECKPOINT: "a checkpoint",
 }
+# Kinds whose format changed since FORMAT_VERSION: updates and aggregates carry 32-byte
+# AES-CTR c1 seeds from version 3 on (version 2 carried SEAL's 64-byte Blake2xb seeds).
+_VERSIONS = {MAGIC_UPDATE: 3, MAGIC_AGGREGATE: 3}
 SIGNATURE_BYTES = 64
 MAX_HEADER_BYTES = 1 << 20
 _PREFIX = struct.Struct(">4sHIQH")
@@ -76,6 +80,11 @@ class Frame:
     chunks: tuple[bytes, ...]
     signature: bytes
     signed_bytes: bytes
+
+
+def format_version(magic: bytes) -> int:
+    """The format version this build writes and reads for frames of kind ``magic``."""
+    return _VERSIONS.get(bytes(magic), FORMAT_VERSION)
 
 
 def describe_magic(data: bytes) -> str:
@@ -97,7 +106,7 @@ def pack_frame(
     body_len = sum(len(c) for c in chunks)
     prefix = _PREFIX.pack(
         magic,
-        FORMAT_VERSION,
+        format_version(magic),
         len(header_bytes),
         body_len,
         SIGNATURE_BYTES if signed else 0,
@@ -130,9 +139,10 @@ def unpack_frame(
         raise FormatError(
             f"expected {_KNOWN_MAGICS.get(magic, magic.hex())}, got {describe_magic(data)}"
         )
-    if version != FORMAT_VERSION:
+    if version != format_version(magic):
         raise FormatError(
-            f"unsupported format version {version} (this build reads {FORMAT_VERSION})"
+            f"unsupported format version {version} of {_KNOWN_MAGICS.get(magic, 'this kind')} "
+            f"(this build reads {format_version(magic)})"
         )
     if header_len > MAX_HEADER_BYTES:
         raise FormatError(f"header length {header_len} exceeds {MAX_HEADER_BYTES}")

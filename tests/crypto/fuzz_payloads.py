@@ -140,17 +140,18 @@ def random_with_magic(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     header = rng.randbytes(rng.randrange(0, 200))
     body = rng.randbytes(rng.randrange(0, 3000))
     if choice == 1:  # consistent prefix, random header and body
-        return PREFIX.pack(magic, _version(rng), len(header), len(body), 0) + header + body
+        return PREFIX.pack(magic, _version(rng, magic), len(header), len(body), 0) + header + body
     # consistent prefix, valid JSON header with random chunk sizes, random body
     sizes = [rng.randrange(1, 2000) for _ in range(rng.randrange(1, 4))]
     text = json.dumps({"chunk_sizes": sizes, "kind": "x"}).encode()
     body = rng.randbytes(sum(sizes))
-    return PREFIX.pack(magic, _version(rng), len(text), len(body), 0) + text + body
+    return PREFIX.pack(magic, _version(rng, magic), len(text), len(body), 0) + text + body
 
 
-def _version(rng: random.Random) -> int:
+def _version(rng: random.Random, magic: bytes) -> int:
     """Mostly this build's format version, so that parsing goes past the prefix."""
-    return wire.FORMAT_VERSION if rng.random() < 0.9 else rng.choice([1, 3, 0xFFFF])
+    current = wire.format_version(magic)
+    return current if rng.random() < 0.9 else rng.choice([1, current + 1, 0xFFFF])
 
 
 def _parse(data: bytes, magic: bytes) -> wire.Frame | None:
@@ -310,11 +311,11 @@ def header_json_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     body = b"".join(frame.chunks)
     if rng.random() < 0.1:  # occasionally leave the prefix inconsistent
         prefix = PREFIX.pack(
-            magic, wire.FORMAT_VERSION, len(text) + rng.choice([-1, 1]), len(body), 0
+            magic, wire.format_version(magic), len(text) + rng.choice([-1, 1]), len(body), 0
         )
         return prefix + text + body
     sig = frame.signature if rng.random() < 0.8 else b""
-    prefix = PREFIX.pack(magic, wire.FORMAT_VERSION, len(text), len(body), len(sig))
+    prefix = PREFIX.pack(magic, wire.format_version(magic), len(text), len(body), len(sig))
     return prefix + text + body + sig
 
 
@@ -349,7 +350,7 @@ def header_text_edit(rng: random.Random, data: bytes, magic: bytes) -> bytes:
     encoded = text.encode()
     body = b"".join(frame.chunks)
     sig = frame.signature
-    prefix = PREFIX.pack(magic, wire.FORMAT_VERSION, len(encoded), len(body), len(sig))
+    prefix = PREFIX.pack(magic, wire.format_version(magic), len(encoded), len(body), len(sig))
     return prefix + encoded + body + sig
 
 

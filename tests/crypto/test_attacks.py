@@ -3,10 +3,10 @@
 Each test plays the server. It holds only what a server holds: the server context (SEAL
 parameters and the key fingerprint, no key), the public client registry, the signed
 update payloads it received and the aggregates it built, and SEAL's key-less tools
-(``Evaluator``, ``CKKSEncoder``, a client's chunk loaded as a SEAL ciphertext with
-``SealParameters.load_seeded``). It forges an aggregate that is structurally valid
-(it parses, names registered roster members, has the right chunk count and reduced
-coefficients) and hands it to the key holder, which must refuse it with
+(``Evaluator``, ``CKKSEncoder``, a client's chunk loaded as a SEAL ciphertext with its
+public ``c1`` expansion by ``SealParameters.load_ciphertext``). It forges an aggregate that
+is structurally valid (it parses, names registered roster members, has the right chunk
+count and reduced coefficients) and hands it to the key holder, which must refuse it with
 ``IntegrityError`` (or the typed error named) without decrypting anything (every use
 of the secret key's SEAL ``Decryptor`` is counted) and without spending decryption
 budget, and must still release the honest aggregate of the round.
@@ -94,7 +94,7 @@ class Server:
 
     # -- reading payloads (public format)
     def parts(self, payload: bytes) -> tuple[np.ndarray, bytes, tuple[int, ...]]:
-        """A payload's ``c0`` rows, its seeds (64 bytes per chunk) and its MAC tag."""
+        """A payload's ``c0`` rows, its seeds (32 bytes per chunk) and its MAC tag."""
         update = secagg.EncryptedUpdate.from_bytes(payload)
         count = self.column.size
         c0 = np.stack(
@@ -104,7 +104,7 @@ class Server:
 
     # -- SEAL with no key
     def load(self, c0_row: np.ndarray, seed: bytes) -> Any:
-        return self.parameters.load_seeded(c0_row, seed)
+        return self.parameters.load_ciphertext(c0_row, self.parameters.expand_c1([seed]))
 
     def c0_of(self, ciphertext: Any) -> np.ndarray:
         """The first polynomial of a SEAL ciphertext (what the server may send on)."""
@@ -436,7 +436,11 @@ def test_one_clients_update_claimed_as_three_clients_is_refused_under_min_client
         "a and two fake contributors": _forge(
             honest,
             c0=c0_a,
-            seeds={"a": seeds_a, "b": os.urandom(192), "c": os.urandom(192)},
+            seeds={
+                "a": seeds_a,
+                "b": os.urandom(SEED_BYTES * CHUNKS),
+                "c": os.urandom(SEED_BYTES * CHUNKS),
+            },
             tag=tag_a,
         ),
     }
@@ -776,14 +780,20 @@ def test_chunks_mixed_between_two_aggregates_of_the_round_are_refused(
     if other == "same-clients-re-encrypted":  # both clients re-sent their updates
         second = world.honest(("a", "b"), variant=1)
         seeds = {
-            cid: s[:SEED_BYTES] + second.seeds[cid][SEED_BYTES : 2 * SEED_BYTES] + s[128:]
+            cid: s[:SEED_BYTES]
+            + second.seeds[cid][SEED_BYTES : 2 * SEED_BYTES]
+            + s[2 * SEED_BYTES :]
             for cid, s in first.seeds.items()
         }
     else:  # chunk 1 of the sum of a and c, with c's seed standing in for b's
         second = world.honest(("a", "c"))
         seeds = {
-            "a": first.seeds["a"][:64] + second.seeds["a"][64:128] + first.seeds["a"][128:],
-            "b": first.seeds["b"][:64] + second.seeds["c"][64:128] + first.seeds["b"][128:],
+            "a": first.seeds["a"][:SEED_BYTES]
+            + second.seeds["a"][SEED_BYTES : 2 * SEED_BYTES]
+            + first.seeds["a"][2 * SEED_BYTES :],
+            "b": first.seeds["b"][:SEED_BYTES]
+            + second.seeds["c"][SEED_BYTES : 2 * SEED_BYTES]
+            + first.seeds["b"][2 * SEED_BYTES :],
         }
     c0 = first.c0.copy()
     c0[1] = second.c0[1]

@@ -9,6 +9,7 @@ import pytest
 
 import secagg
 from secagg.crypto._parallel import PARALLEL_MIN_CHUNKS
+from secagg.crypto._seal import SEED_BYTES
 from secagg.errors import ConfigurationError
 
 
@@ -45,7 +46,10 @@ def test_parallel_encryption_decrypts_to_the_update_in_order(workers: int) -> No
     blob = _payload(fed, values, workers)
     update = secagg.EncryptedUpdate.from_bytes(blob)
     assert len(update.chunks) == 8
-    assert len(set(update.seeds[i : i + 64] for i in range(0, 512, 64))) == 8  # fresh seeds
+    assert (
+        len(set(update.seeds[i : i + SEED_BYTES] for i in range(0, 8 * SEED_BYTES, SEED_BYTES)))
+        == 8
+    )  # fresh seeds
     released = _release(fed, [blob])  # the MAC binds each chunk's index: order is proven
     _assert_close(released, values)
 

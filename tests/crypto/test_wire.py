@@ -35,7 +35,7 @@ def _reframe(
     body = b"".join(frame.chunks)
     encoded = header.encode()
     sig_len = 0 if signing_key is None else wire.SIGNATURE_BYTES
-    signed = PREFIX.pack(magic, wire.FORMAT_VERSION, len(encoded), len(body), sig_len)
+    signed = PREFIX.pack(magic, wire.format_version(magic), len(encoded), len(body), sig_len)
     signed += encoded + body
     return signed if signing_key is None else signed + signing_key.sign(signed)
 
@@ -68,13 +68,18 @@ def test_inconsistent_chunk_sizes_are_refused(sizes: Any) -> None:
 
 @pytest.mark.parametrize("header", [b"[1,2]", b"\xff\xfe", b"{", b"[" * 100_000, b"null"])
 def test_unreadable_headers_are_refused(header: bytes) -> None:
-    data = PREFIX.pack(wire.MAGIC_UPDATE, wire.FORMAT_VERSION, len(header), 0, 0) + header
+    data = (
+        PREFIX.pack(wire.MAGIC_UPDATE, wire.format_version(wire.MAGIC_UPDATE), len(header), 0, 0)
+        + header
+    )
     with pytest.raises(FormatError):
         wire.unpack_frame(data, wire.MAGIC_UPDATE)
 
 
 def test_oversized_header_length_is_refused_before_reading() -> None:
-    data = PREFIX.pack(wire.MAGIC_UPDATE, wire.FORMAT_VERSION, wire.MAX_HEADER_BYTES + 1, 0, 0)
+    data = PREFIX.pack(
+        wire.MAGIC_UPDATE, wire.format_version(wire.MAGIC_UPDATE), wire.MAX_HEADER_BYTES + 1, 0, 0
+    )
     with pytest.raises(FormatError, match="header length"):
         wire.unpack_frame(data, wire.MAGIC_UPDATE)
 
