@@ -5,7 +5,7 @@ process (:mod:`bench._rss_child`) loads what the server is provisioned with, the
 and adds the first ``N`` payloads one at a time and finalizes, and reports its peak RSS
 (``tracemalloc`` cannot see SEAL's C++ allocations; the kernel's counters can).
 
-secagg's aggregator keeps, beyond the running sum, 64 bytes of seeds per chunk and
+secagg's aggregator keeps, beyond the running sum, 32 bytes of seeds per chunk and
 client (:func:`seed_bytes_per_client`); :func:`memory_slope` fits the peak growth
 against the client count, and the slope beyond the seeds is what must stay near zero.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import secagg
+from secagg.crypto._rlwe import SEED_BYTES
 
 from ._subprocess import run_json_child
 from .he_cost import FLARE_DISTINCT_PAYLOADS
@@ -46,11 +47,11 @@ FIXED_MMAP_THRESHOLD = 1 << 20
 
 
 def seed_bytes_per_client(scheme: str, num_params: int) -> int:
-    """Bytes the server keeps per client beyond the sum: 64 per chunk for secagg, else 0."""
+    """Bytes the server keeps per client beyond the sum: a seed per chunk for secagg, else 0."""
     if not scheme.startswith("secagg:"):
         return 0
     preset = secagg.get_preset(scheme.removeprefix("secagg:").split("/")[0])
-    return 64 * preset.num_chunks(num_params)
+    return SEED_BYTES * preset.num_chunks(num_params)
 
 
 def series_label(report: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The key holder's release time against the number of contributors.
 
 secagg's key holder rebuilds every contributor's second polynomial ``c1`` from its
-64-byte seed (no ``c1`` chosen by the server is ever decrypted), so its work grows
+32-byte seed (no ``c1`` chosen by the server is ever decrypted), so its work grows
 with the contributors: one seed expansion per chunk and contributor, on top of one
 decryption per chunk. :func:`release_scaling` releases sums of the first ``k`` of a set
 of real payloads, for each ``k``, with a fresh key holder each time.

@@ -91,7 +91,7 @@ _SECTIONS: tuple[tuple[str, Metric, str], ...] = (
     (
         "Aggregate bytes per parameter (server to key holder)",
         lambda r: r["aggregate_bytes"] / r["num_params"],
-        "secagg's aggregate is the summed packed c0 plus 64 B of seeds per chunk and "
+        "secagg's aggregate is the summed packed c0 plus 32 B of seeds per chunk and "
         "contributor; FLARE-style's sum has been multiplied by 1/Σw (one level dropped).",
     ),
 )
@@ -178,7 +178,7 @@ def release_section(results: Results, plan: SweepPlan) -> list[str]:
         f"## Key-holder release against contributors ({label(found['num_params'])} values, "
         f"{found['chunks']} chunks, preset `{found['preset']}`)",
         "",
-        "The key holder rebuilds each contributor's `c1` from its seeds (one SEAL seed "
+        "The key holder rebuilds each contributor's `c1` from its seeds (one AES-256-CTR seed "
         "expansion per chunk and contributor) before decrypting, so a release costs "
         "more the more clients it sums; FLARE-style's decryption does not depend on them.",
         "",

@@ -96,7 +96,7 @@ def wire_section(results: Results, plan: SweepPlan) -> list[str]:
         "## Wire size of the default preset",
         "",
         f"Asymptote {wire[0]['asymptotic_bytes_per_param']:.3f} B/param (full chunks of "
-        "16,384 values: 64-byte seed + 8,192 coefficients at 7.5 bytes). The plaintext "
+        "16,384 values: 32-byte seed + 8,192 coefficients at 7.5 bytes). The plaintext "
         "baseline frames float64 values today; the float32 column is the same frame "
         "with 4-byte values.",
         "",

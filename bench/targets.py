@@ -69,7 +69,7 @@ def _wire(results: Mapping[str, Any]) -> list[Row]:
         "measured": ", ".join(f"{n:.0e}: {b:.3f}" for n, b in big),
         "verdict": "PASS" if big and all(b <= WIRE_STRETCH for _, b in big) else "INFO (not met)",
         "note": f"the default preset's asymptote is {plain['asymptotic_bytes_per_param']:.3f} "
-        "B/param (two 23-bit fields per 60-bit coefficient, 7.5 B each, plus the 64-byte seed "
+        "B/param (two 23-bit fields per 60-bit coefficient, 7.5 B each, plus the 32-byte seed "
         "of each 16,384-value chunk)",
     }
     return [target, stretch]
@@ -149,7 +149,7 @@ def _memory(results: Mapping[str, Any]) -> list[Row]:
     growth = ", ".join(f"{r['clients']}: {r['growth_kb'] / 1024:.1f}" for r in memory)
     return [
         _row(
-            "server memory independent of the client count beyond 64 B of seeds per chunk "
+            "server memory independent of the client count beyond 32 B of seeds per chunk "
             "and client (secagg default)",
             f"peak growth MiB by clients {growth}; slope {slope / 1024:+.1f} KiB/client "
             f"(seeds {seeds / 1024:.1f} KiB/client) = {share:+.2%} of a payload beyond the seeds"
