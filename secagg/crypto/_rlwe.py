@@ -43,7 +43,9 @@ __all__ = [
     "SEED_BYTES",
     "CiphertextParts",
     "SecretKeyEncryptor",
+    "add_mod",
     "expand_c1",
+    "reduce_once",
     "sample_error",
 ]
 
@@ -118,6 +120,12 @@ def reduce_once(values: np.ndarray, column: np.ndarray) -> np.ndarray:
     """
     np.minimum(values, values - column, out=values)
     return values
+
+
+def add_mod(total: np.ndarray, addend: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """``total = (total + addend) mod q`` in place, both reduced (``q < 2^63``)."""
+    total += addend
+    return reduce_once(total, column)
 
 
 class SecretKeyEncryptor:

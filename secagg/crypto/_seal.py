@@ -30,7 +30,7 @@ import tenseal.sealapi as sealapi
 import zstandard
 
 from ..errors import ContextError, FormatError
-from ._rlwe import SEED_BYTES, CiphertextParts, SecretKeyEncryptor, expand_c1, reduce_once
+from ._rlwe import SEED_BYTES, CiphertextParts, SecretKeyEncryptor, add_mod, expand_c1
 from .presets import Preset
 
 __all__ = [
@@ -180,10 +180,10 @@ class SealParameters:
         total = np.zeros(self.coefficients, dtype=np.uint64)
         for seed in seeds:
             try:
-                total += expand_c1(seed, self.moduli, self.preset.poly_modulus_degree)
+                c1 = expand_c1(seed, self.moduli, self.preset.poly_modulus_degree)
             except ValueError as exc:
                 raise FormatError(str(exc)) from None
-            reduce_once(total, column)
+            add_mod(total, c1, column)
         return total
 
     def load_ciphertext(self, c0: np.ndarray, c1: np.ndarray) -> Any:
@@ -333,8 +333,8 @@ class SealSession:
         for out, values in zip(encoded, rows, strict=True):
             self.encoder.encode(values[0::2] + 1j * values[1::2], self.preset.scale, plaintext)
             out[:] = parameters.parse_plaintext(_save(plaintext))
-        noisy = encoded + self._ntt(self.encryptor.error_residues(rows.shape[0]))
-        return self.encryptor.encrypt_ntt(reduce_once(noisy, parameters.modulus_column()))
+        errors = self._ntt(self.encryptor.error_residues(rows.shape[0]))
+        return self.encryptor.encrypt_ntt(add_mod(encoded, errors, parameters.modulus_column()))
 
     def encrypt_coefficients(self, messages: np.ndarray) -> list[CiphertextParts]:
         """Encrypt plaintext polynomials given by their coefficients (each below ``q``).

@@ -24,7 +24,7 @@ from ..errors import (
     UnknownClientError,
 )
 from ._codec import pack_coefficients, unpack_coefficients
-from ._rlwe import SEED_BYTES, reduce_once
+from ._rlwe import SEED_BYTES, add_mod
 from ._validate import check_count, check_roster, check_round_id
 from .client import EncryptedUpdate, chunk_size
 from .context import ServerContext
@@ -35,12 +35,6 @@ from .wire import MAGIC_AGGREGATE, pack_frame, unpack_frame
 from .wire import field as header_field
 
 __all__ = ["Aggregator", "EncryptedAggregate"]
-
-
-def _mod_add(total: np.ndarray, addend: np.ndarray, moduli: np.ndarray) -> None:
-    """``total = (total + addend) mod q`` in place; both below ``q < 2^63``."""
-    total += addend
-    reduce_once(total, moduli)
 
 
 @dataclass(eq=False)
@@ -334,7 +328,7 @@ class Aggregator:
             self._spec = update.spec
         else:
             for total, addend in zip(self._c0, c0, strict=True):
-                _mod_add(total, addend, self._moduli)
+                add_mod(total, addend, self._moduli)
         self._tag = tuple(
             (a + b) % q for a, b, q in zip(self._tag, update.tag, self.context.moduli, strict=True)
         )
