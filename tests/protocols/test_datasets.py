@@ -15,14 +15,14 @@ import torch
 
 from secagg.errors import ConfigurationError, DatasetUnavailableError
 from secagg.protocols.datasets import DATASET_NAMES, Dataset, available_datasets, load_dataset
-from secagg.protocols.text import EMPTY_TOKEN, HashingTokenizer
+from secagg.protocols.text import EMPTY_TOKEN, HashingTokenizer, english_stop_words
 
 # name -> (kind, total examples, classes, per-example shape)
 EXPECTED: dict[str, tuple[str, int, int, tuple[int, ...]]] = {
     "digits": ("image", 1797, 10, (1, 8, 8)),
     "breast_cancer": ("tabular", 569, 2, (30,)),
     "mnist": ("image", 5000, 10, (1, 28, 28)),
-    "bbc_news": ("text", 2120, 5, (512,)),  # 2,225 files, 105 repeated inputs
+    "bbc_news": ("text", 2119, 5, (512,)),  # 2,225 files, 106 repeated inputs
     "rotten_tomatoes": ("text", 12749, 2, (64,)),  # 12,808 reviews, 59 repeated
     "german_credit": ("tabular", 1000, 2, (61,)),
 }
@@ -221,6 +221,38 @@ def test_tokenizer_known_ids_and_independent_recomputation() -> None:
     assert tok.encode("") == [tok.empty_id] == tok.encode(" ?!. ")
     sample = "Ünïcödé wörds — and 'quotes' plus under_scores"
     assert HashingTokenizer(num_buckets=97).encode(sample) == _reference_ids(sample, 97)
+
+
+def test_tokenizer_drops_stop_words_before_truncating() -> None:
+    tok = HashingTokenizer(num_buckets=97, max_len=3, stop_words=["the", "OF", "a"])
+    assert tok.stop_words == {"the", "of", "a"}
+    assert tok.tokenize("The fall of THE Roman Empire") == ["fall", "roman", "empire"]
+    # Stop words do not use up max_len: the three kept words all fit.
+    assert tok.encode("the a of fall the roman a empire x") == [
+        tok.token_id(w) for w in ("fall", "roman", "empire")
+    ]
+    assert tok.encode("The of a") == [tok.empty_id]
+    plain = HashingTokenizer(num_buckets=97, max_len=3)
+    assert plain.tokenize("The fall") == ["the", "fall"]
+    english = english_stop_words()
+    assert {"the", "of", "and", "not"} <= english and "market" not in english
+    for bad in ("the", 3, ["the", 1]):
+        with pytest.raises(ConfigurationError, match="stop_words"):
+            HashingTokenizer(stop_words=bad)  # type: ignore[arg-type]
+
+
+def test_bbc_news_drops_stop_words_and_rotten_tomatoes_keeps_them() -> None:
+    tok = HashingTokenizer()
+
+    def share(name: str, word: str) -> float:
+        x = _load(name).x_train
+        return float((x == tok.token_id(word)).sum() / (x != 0).sum())
+
+    # "the" is the commonest English word; in bbc_news its bucket holds only the rare words
+    # that hash there, in rotten_tomatoes it is "the" itself.
+    assert share("bbc_news", "the") < 0.001 < 0.01 < share("bbc_news", "said")
+    assert share("rotten_tomatoes", "the") > 0.03
+    assert share("rotten_tomatoes", "not") > 0.001
 
 
 def test_tokenizer_truncates_and_pads() -> None:
