@@ -82,7 +82,7 @@ RECIPES: MappingProxyType[str, MappingProxyType[str, Any]] = _frozen(
         "digits": {"lr": 3.0, "local_epochs": 2, "rounds": 20},
         "breast_cancer": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
         "german_credit": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
-        "bbc_news": {"lr": 2.5, "local_epochs": 1, "rounds": 30},
+        "bbc_news": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
         "rotten_tomatoes": {"lr": 6.0, "local_epochs": 1, "rounds": 30},
     }
 )
