@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from bench.accuracy import markdown, measure, summarise
+from bench.references import rank_agreement
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -33,4 +35,20 @@ def test_breast_cancer_side_by_side_in_one_run() -> None:
     summary = summarise([run])["breast_cancer"]
     assert summary["HE effect (max)"] < 0.01  # same DP noise: HE's rounding alone
     assert summary["spearman vs centralised"] > 0.0
+    assert -1.0 <= summary["spearman top20 vs centralised"] <= 1.0
+    assert 0.0 <= summary["top10 overlap"] <= 1.0
     assert "## Targets" in markdown([run], 1.0)
+
+
+def test_rank_agreement_over_the_reference_top_units() -> None:
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([np.linspace(1.0, 0.1, 20), np.zeros(4000)])
+    # The release orders the 20 units that matter exactly, and the 4,000 others at random.
+    released = np.concatenate([np.linspace(1.0, 0.1, 20), 0.2 * rng.random(4000)])
+    agreement = rank_agreement(released, reference)
+    assert agreement["spearman top20"] == pytest.approx(1.0)
+    assert agreement["top10_overlap"] == 1.0
+    assert agreement["spearman"] < 0.2  # the full ranking is mostly noise over empty units
+    assert rank_agreement(released, reference, top_rank=5)["spearman top5"] == pytest.approx(1.0)
+    flipped = np.concatenate([np.linspace(0.1, 1.0, 20), np.zeros(4000)])
+    assert rank_agreement(flipped, reference)["spearman top20"] == pytest.approx(-1.0)

@@ -254,15 +254,24 @@ def permutation_importance(
 
 
 def rank_agreement(
-    released: Sequence[float], reference: Sequence[float], *, top: int = 10
+    released: Sequence[float], reference: Sequence[float], *, top: int = 10, top_rank: int = 20
 ) -> dict[str, float]:
-    """Spearman's ρ over all units and the overlap of the two top-``top`` sets."""
+    """How well the released map ranks units as the reference does.
+
+    Returns Spearman's ρ over all units, Spearman's ρ over the reference's ``top_rank``
+    units (all units if there are fewer: does the release order the units that matter
+    alike? Over thousands of hashed text buckets the full ρ is mostly the ranking of
+    rarely seen units), and the overlap of the two top-``top`` sets.
+    """
     a = np.asarray(released, dtype=float)
     b = np.asarray(reference, dtype=float)
     rho = spearmanr(a, b).statistic
+    key = np.argsort(-b)[: min(top_rank, len(b))]
+    rho_top = spearmanr(a[key], b[key]).statistic
     top_a = set(np.argsort(-a)[:top].tolist())
     top_b = set(np.argsort(-b)[:top].tolist())
     return {
         "spearman": float(rho) if math.isfinite(rho) else float("nan"),
+        f"spearman top{top_rank}": float(rho_top) if math.isfinite(rho_top) else float("nan"),
         f"top{top}_overlap": len(top_a & top_b) / top,
     }

@@ -477,7 +477,9 @@ _READERS: Mapping[str, Callable[[], _Raw]] = MappingProxyType(
 _TEXT_MAX_LEN: Mapping[str, int] = MappingProxyType({"bbc_news": 512, "rotten_tomatoes": 64})
 # Topic classification drops English stop words (a fixed public list); sentiment keeps them,
 # since the list holds negations ("not", "never").
-_TEXT_STOP_WORDS: Mapping[str, bool] = MappingProxyType({"bbc_news": True, "rotten_tomatoes": False})
+_TEXT_STOP_WORDS: Mapping[str, bool] = MappingProxyType(
+    {"bbc_news": True, "rotten_tomatoes": False}
+)
 _PATCH_SIZE: Mapping[str, int] = MappingProxyType({"digits": 2, "mnist": 7})
 # Scales of the fixed scattering features (8x8 digits: one; 28x28 MNIST: two).
 _SCATTERING_SCALES: Mapping[str, int] = MappingProxyType({"digits": 1, "mnist": 2})
