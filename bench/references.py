@@ -2,7 +2,7 @@
 
 - :func:`mlp_dp_fedavg`: DP-FedAvg as one would write it with Opacus directly
   (``PrivacyEngine.make_private``, its own σ planner and accountant), with a 64-64 tanh
-  MLP on the raw inputs (a bag of hashed tokens for text), on the very partitions the
+  MLP on the raw inputs (an L2-normalised bag of hashed tokens for text), on the very partitions the
   federation uses, at the same (ε, δ); the best of a small recipe grid, picked on the
   test split (which flatters this baseline, not secagg).
 - :func:`central_reference`: the same attention model trained centrally without privacy
@@ -43,7 +43,8 @@ __all__ = [
 
 #: Recipes tried for the DP MLP (the best one is reported): full-batch DP-GD and
 #: Poisson mini-batches. Text inputs are 4,097-wide, so their per-sample gradients
-#: are kept to batches of 64 and 256.
+#: are kept to batches of 64 and 128 (on bbc_news, seed 0: 0.81 and 0.83, against 0.71
+#: for full batches and 0.63 for batches of 256 with lr 4).
 MLP_GRID: dict[str, tuple[dict[str, Any], ...]] = {
     "dense": (
         {"batch_size": 4096, "local_epochs": 3, "lr": 1.0},
@@ -51,20 +52,25 @@ MLP_GRID: dict[str, tuple[dict[str, Any], ...]] = {
     ),
     "text": (
         {"batch_size": 64, "local_epochs": 1, "lr": 1.0},
-        {"batch_size": 256, "local_epochs": 1, "lr": 4.0},
+        {"batch_size": 128, "local_epochs": 1, "lr": 2.0},
     ),
 }
 MLP_ROUNDS = 30
 
 
 def _mlp_inputs(x: torch.Tensor, kind: str, buckets: int) -> torch.Tensor:
-    """Flattened pixels, tabular rows, or normalised bags of hashed tokens."""
+    """Flattened pixels, tabular rows, or L2-normalised bags of hashed tokens.
+
+    Unit-norm bags are the usual input scaling for a linear or MLP text classifier (bags
+    that sum to 1, as this benchmark first used, leave the first layer's inputs ~1/200 and
+    the DP MLP at chance on bbc_news: 0.24 against 0.81 with unit norm, seed 0).
+    """
     if kind != "text":
         return x.reshape(len(x), -1).float()
     bags = torch.zeros(len(x), buckets)
     bags.scatter_add_(1, x.long(), torch.ones_like(x, dtype=torch.float32))
     bags[:, 0] = 0.0  # padding
-    return bags / bags.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return bags / bags.norm(dim=1, keepdim=True).clamp(min=1.0)
 
 
 def _mlp(inputs: int, classes: int) -> nn.Module:
