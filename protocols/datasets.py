@@ -19,9 +19,9 @@ name                 kind     carrier          examples                    class
 
 The counts are after de-duplication: examples whose encoded input repeats an earlier one
 are dropped (bbc_news ships 2,225 articles, 98 of them exact copies and 8 more that encode
-alike, a word's case, a punctuation mark or a stop word apart; rotten_tomatoes has 12,808 fresh/rotten reviews, 59 repeated), so
-no input can land in both the train and the test part. No repeated input had conflicting
-labels.
+alike, a word's case, a punctuation mark or a stop word apart; rotten_tomatoes has 12,808
+fresh/rotten reviews, 59 repeated), so no input can land in both the train and the test
+part. No repeated input had conflicting labels.
 
 Every dataset is split into train and test parts with a stratified, seeded split, so a
 ``(name, seed, test_fraction, max_examples)`` tuple always gives the same tensors.
