@@ -60,7 +60,9 @@ def test_the_launcher_rejects_a_bad_interval_with_one_line_and_status_2(
     ]
 
 
-def test_the_launcher_runs_flowers_own_supernode_cli() -> None:
+def test_the_launchers_help_names_its_own_options_then_flowers() -> None:
+    # One run serves both checks: the launcher starts Flower's own SuperNode CLI, and its
+    # --help lists the launcher's options before Flower's.
     done = subprocess.run(
         [sys.executable, "-m", "secagg.protocols.flower.supernode", "--help"],
         capture_output=True,
@@ -69,7 +71,9 @@ def test_the_launcher_runs_flowers_own_supernode_cli() -> None:
         check=False,
     )
     assert done.returncode == 0
+    assert "--poll-interval" in done.stdout and "--no-fork-server" in done.stdout
     assert "--superlink" in done.stdout and "--node-config" in done.stdout
+    assert done.stdout.index("--no-fork-server") < done.stdout.index("--superlink")
 
 
 def test_quick_pulls_retry_sooner_inside_the_block_only() -> None:
@@ -107,15 +111,3 @@ def test_the_pinned_flower_pulls_objects_with_these_keywords() -> None:
     for module in (http_grid, start_client_internal):
         parameters = inspect.signature(module.pull_objects).parameters
         assert {"initial_backoff", "backoff_cap"} <= set(parameters)
-
-
-def test_the_launchers_help_names_its_own_options_then_flowers() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "secagg.protocols.flower.supernode", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0
-    assert "--poll-interval" in done.stdout and "--no-fork-server" in done.stdout
-    assert "--superlink" in done.stdout  # Flower's own options follow
