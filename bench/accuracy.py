@@ -137,6 +137,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for a, b in zip(acc("DP + HE, seeded noise"), acc("DP, seeded noise"), strict=True)
         ]
         attention = [r["attention"] for r in mine if r["attention"]]
+
+        def vs_centralised(key: str, attention: list[dict[str, Any]] = attention) -> list[float]:
+            return [a["vs centralised attention"][key] for a in attention]
+
         out[dataset] = {
             "seeds": [r["seed"] for r in mine],
             "DP + HE": _mean(acc("DP + HE")),
@@ -146,15 +150,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "centralised": _mean(acc("centralised, non-private")),
             "HE effect (max)": max(he_effect),
             "seconds DP + HE": _mean([r["rows"]["DP + HE"]["seconds"] for r in mine]),
-            "spearman vs centralised": _mean(
-                [a["vs centralised attention"]["spearman"] for a in attention]
-            ),
-            "spearman top20 vs centralised": _mean(
-                [a["vs centralised attention"]["spearman top20"] for a in attention]
-            ),
-            "top10 overlap": _mean(
-                [a["vs centralised attention"]["top10_overlap"] for a in attention]
-            ),
+            "spearman vs centralised": _mean(vs_centralised("spearman")),
+            "spearman top20 vs centralised": _mean(vs_centralised("spearman top20")),
+            "top10 overlap": _mean(vs_centralised("top10_overlap")),
             "spearman vs permutation importance": _mean(
                 [
                     a["vs permutation importance"]["spearman"]
