@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ConfigurationError, SecaggError
+from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
 
 __all__ = ["main"]
 
@@ -22,6 +23,25 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # type: ignore[override]
         """Print ``secagg: error: message`` and exit 2 (no usage dump)."""
         self.exit(2, f"secagg: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _recipes_epilog() -> str:
+    """Each dataset's recipe, as ``secagg run --help`` lists it under the options."""
+
+    def describe(recipe: dict[str, Any]) -> str:
+        batch = recipe["batch_size"]
+        batches = "full batch" if batch >= GENERAL["batch_size"] else f"batch {batch}"
+        return (
+            f"{recipe['rounds']} rounds of {recipe['local_epochs']} local epoch(s), "
+            f"{recipe['client_optimizer']} lr {recipe['lr']:g}, {batches}"
+        )
+
+    lines = ["recipes (the defaults an option given overrides):"]
+    for name in DATASET_NAMES:
+        dp = {**GENERAL, **RECIPES[name]}
+        lines.append(f"  {name:<16}{'DP:':<9}{describe(dp)}")
+        lines.append(f"  {'':<16}{'--no-dp:':<9}{describe({**dp, **NONPRIVATE_RECIPES[name]})}")
+    return "\n".join(lines)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -38,30 +58,49 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run a federated training job on a bundled dataset",
         description="Run an in-process federation: DP-SGD clients, encrypted updates, "
         "a key-less aggregator and a key holder that releases only verified sums.",
+        epilog=_recipes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--dataset", help="bundled dataset (default: mnist)")
-    run.add_argument("--clients", type=int, help="number of clients K (default 10)")
-    run.add_argument("--rounds", type=int, help="number of rounds T (default 12)")
+    run.add_argument(
+        "--dataset",
+        help=f"bundled dataset: {', '.join(DATASET_NAMES)} (default: {GENERAL['dataset']})",
+    )
+    run.add_argument(
+        "--clients", type=int, help=f"number of clients K (default {GENERAL['clients']})"
+    )
+    run.add_argument("--rounds", type=int, help="number of rounds T (default: the recipe)")
     run.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
     run.add_argument("--min-clients", type=int, help="fewest updates for a round to complete")
     privacy = run.add_mutually_exclusive_group()
     privacy.add_argument(
-        "--epsilon", type=float, help="target ε per client for the whole run (default 8)"
+        "--epsilon",
+        type=float,
+        help=f"target ε per client for the whole run (default {GENERAL['epsilon']:g})",
     )
     privacy.add_argument("--noise-multiplier", type=float, help="DP-SGD noise multiplier σ")
-    run.add_argument("--clip", type=float, help="per-sample clipping norm C")
-    run.add_argument("--delta", type=float, help="δ of the reported (ε, δ)")
+    run.add_argument(
+        "--clip", type=float, help=f"per-sample clipping norm C (default {GENERAL['clip']:g})"
+    )
+    run.add_argument(
+        "--delta", type=float, help=f"δ of the reported (ε, δ) (default {GENERAL['delta']:g})"
+    )
     run.add_argument(
         "--dirichlet-alpha",
         help="Dirichlet α of the non-IID label partition, or 'iid'",
     )
     run.add_argument("--dropout", type=float, help="fraction of sampled clients that fail")
     run.add_argument("--seed", type=int, help="random seed")
-    run.add_argument("--local-epochs", type=int, help="local epochs per round")
-    run.add_argument("--batch-size", type=int, help="expected (Poisson) batch size")
-    run.add_argument("--lr", type=float, help="client learning rate")
+    run.add_argument(
+        "--local-epochs", type=int, help="local epochs per round (default: the recipe)"
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        help="expected (Poisson) batch size (default: the recipe; DP: the whole client)",
+    )
+    run.add_argument("--lr", type=float, help="client learning rate (default: the recipe)")
     run.add_argument("--client-optimizer", choices=["sgd", "adam"])
-    run.add_argument("--server-optimizer", choices=["fedavg", "fedadam", "momentum"])
+    run.add_argument("--server-optimizer", choices=list(SERVER_OPTIMIZERS))
     run.add_argument("--server-lr", type=float, help="server learning rate")
     run.add_argument("--preset", help="CKKS parameter preset (default: default)")
     run.add_argument("--max-examples", type=int, help="subsample the dataset (faster runs)")

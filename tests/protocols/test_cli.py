@@ -15,6 +15,7 @@ import pytest
 from secagg import __version__
 from secagg.errors import CheckpointError
 from secagg.protocols import load_checkpoint
+from secagg.protocols.defaults import DATASET_NAMES, GENERAL, RECIPES
 
 SECAGG = [sys.executable, "-m", "secagg.protocols.cli"]
 SMALL = [
@@ -37,6 +38,13 @@ def test_version_and_help() -> None:
     assert help_text.returncode == 0
     for option in ("--dataset", "--epsilon", "--noise-multiplier", "--no-he", "--resume"):
         assert option in help_text.stdout
+    # Every dataset's recipe is listed with the values a run would really use.
+    recipes = help_text.stdout.split("recipes (")[1].splitlines()
+    for name in DATASET_NAMES:
+        (dp_line,) = [line for line in recipes if line.strip().startswith(name)]
+        recipe = {**GENERAL, **RECIPES[name]}
+        assert f"{recipe['rounds']} rounds of {recipe['local_epochs']} local" in dp_line
+        assert f"lr {recipe['lr']:g}," in dp_line
 
 
 @pytest.mark.parametrize(
