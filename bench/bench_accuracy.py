@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import markdown, measure, summarise
+from bench.accuracy import markdown, measure, reference_stability, summarise
 from bench.references import rank_agreement
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -37,7 +37,11 @@ def test_breast_cancer_side_by_side_in_one_run() -> None:
     assert summary["spearman vs centralised"] > 0.0
     assert -1.0 <= summary["spearman top20 vs centralised"] <= 1.0
     assert 0.0 <= summary["top10 overlap"] <= 1.0
-    assert "## Targets" in markdown([run], 1.0)
+    # One seed: no second reference map to compare the first with, and the report says so.
+    assert len(run["attention"]["centralised map"]) == 30
+    assert np.isnan(summary["reference vs itself top20"])
+    report = markdown([run], 1.0)
+    assert "## Targets" in report and "the reference across seeds: —" in report
 
 
 def test_rank_agreement_over_the_reference_top_units() -> None:
@@ -52,3 +56,14 @@ def test_rank_agreement_over_the_reference_top_units() -> None:
     assert rank_agreement(released, reference, top_rank=5)["spearman top5"] == pytest.approx(1.0)
     flipped = np.concatenate([np.linspace(0.1, 1.0, 20), np.zeros(4000)])
     assert rank_agreement(flipped, reference)["spearman top20"] == pytest.approx(-1.0)
+
+
+def test_reference_stability_ranks_each_seed_against_the_others() -> None:
+    top = np.linspace(1.0, 0.1, 20)
+    rest = np.zeros(100)
+    same = np.concatenate([top, rest])
+    assert reference_stability([same, same.copy(), same.copy()]) == pytest.approx(1.0)
+    reversed_top = np.concatenate([top[::-1], rest])
+    # Each map orders the other's top 20 in reverse: ρ = -1 both ways.
+    assert reference_stability([same, reversed_top]) == pytest.approx(-1.0)
+    assert np.isnan(reference_stability([same]))
