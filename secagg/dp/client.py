@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import math
 import os
@@ -35,10 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from opacus.accountants import create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.data_loader import DPDataLoader
 from opacus.grad_sample.utils import prepare_module
 from opacus.layers import DPMultiheadAttention
@@ -60,6 +57,13 @@ from ..errors import (
     PrivacyBudgetExceededError,
     UpdateValueError,
 )
+from .accounting import (
+    ACCOUNTANTS,
+    RDP_ORDERS,
+    epsilon_of,
+    plan_noise_multiplier,
+    rdp_epsilon,
+)
 from .layers import BatchFirstDPMultiheadAttention
 
 __all__ = [
@@ -71,93 +75,11 @@ __all__ = [
     "rdp_epsilon",
 ]
 
-_ACCOUNTANTS = ("rdp", "prv", "gdp")
 RANDOMNESS = ("secure", "deterministic")
 
 
 class ResearchOnlyWarning(UserWarning):
     """A setting that makes a run reproducible at the cost of its privacy guarantee."""
-
-
-#: The Rényi orders of secagg's RDP accounting: dense where ε ≈ 1–10 is decided, integer
-#: beyond (Mironov, Talwar and Zhang 2019 give exact integer-order bounds, cheaply).
-RDP_ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, *range(2, 65), 80, 96, 128, 256)
-
-
-@functools.lru_cache(maxsize=4096)
-def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    """RDP of one subsampled Gaussian step at every order (cached: pure function)."""
-    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS)
-    return np.asarray(rdp, dtype=np.float64)
-
-
-def rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` of a history of ``(σ, sample rate, steps)`` under the RDP accountant.
-
-    The same composition and conversion as Opacus's ``RDPAccountant.get_epsilon`` with
-    ``alphas=RDP_ORDERS``; each step's RDP is computed once per (σ, q) and cached.
-    """
-    if not history:
-        return 0.0
-    total = sum(int(n) * _rdp_per_step(float(q), float(s)) for s, q, n in history)
-    epsilon, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
-    return float(epsilon)
-
-
-def plan_noise_multiplier(
-    *,
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: str = "rdp",
-    extra_noise_multipliers: Sequence[float] = (),
-) -> float:
-    """Smallest noise multiplier σ whose whole plan of DP-SGD steps stays within ``target_epsilon``.
-
-    Plan with what the client really does: Poisson sampling at ``sample_rate`` (for
-    :class:`PrivateClient`, ``1 / len(data_loader)``) for ``steps`` steps in total (every
-    round of the run, ``len(data_loader)`` steps per local epoch). ``extra_noise_multipliers``
-    adds full-batch Gaussian releases of sensitivity 1 (such as the attention statistics)
-    to the same ledger. The result is within 0.1% above the exact threshold.
-
-    Raises
-    ------
-    ConfigurationError
-        If the arguments are out of range or no σ up to 1000 reaches the target.
-    """
-    if not (
-        isinstance(target_epsilon, int | float)
-        and math.isfinite(target_epsilon)
-        and target_epsilon > 0
-        and 0 < delta < 1
-        and 0 < sample_rate <= 1
-        and steps >= 1
-    ):
-        raise ConfigurationError("need target_epsilon > 0, 0 < delta < 1, 0 < q <= 1, steps >= 1")
-    if accountant not in _ACCOUNTANTS:
-        raise ConfigurationError(f"accountant must be one of {_ACCOUNTANTS}")
-    extras = [(float(s), 1.0, 1) for s in extra_noise_multipliers]
-
-    def epsilon_for(sigma: float) -> float:
-        history = [(sigma, sample_rate, int(steps)), *extras]
-        if accountant == "rdp":
-            return rdp_epsilon(history, delta)
-        probe = create_accountant(accountant)
-        probe.history = history
-        return float(probe.get_epsilon(delta=delta))
-
-    low, high = 0.05, 1000.0
-    if epsilon_for(high) > target_epsilon:
-        raise ConfigurationError(f"ε={target_epsilon} is out of reach for this plan")
-    # Bisection on log σ: ε(σ) is decreasing; about 20 evaluations to 0.1%.
-    while high / low > 1.001:
-        middle = math.sqrt(low * high)
-        if epsilon_for(middle) > target_epsilon:
-            low = middle
-        else:
-            high = middle
-    return high
 
 
 class _CsprngDPOptimizer(DPOptimizer):  # type: ignore[misc]
@@ -270,8 +192,8 @@ class PrivateClient:
             raise ConfigurationError("module must be a torch.nn.Module and optimizer an Optimizer")
         if not isinstance(data_loader, DataLoader):
             raise ConfigurationError("data_loader must be a torch DataLoader")
-        if accountant not in _ACCOUNTANTS:
-            raise ConfigurationError(f"accountant must be one of {_ACCOUNTANTS}")
+        if accountant not in ACCOUNTANTS:
+            raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
         if randomness not in RANDOMNESS:
             raise ConfigurationError(f"randomness must be one of {RANDOMNESS}")
         if not _positive(max_grad_norm) or not 0 < delta < 1 or not _count(epochs_per_round):
@@ -373,13 +295,7 @@ class PrivateClient:
         return self._ledger_before_round is not None
 
     def _epsilon_of(self, history: Sequence[tuple[float, float, int]], delta: float) -> float:
-        if not history:
-            return 0.0
-        if self._accountant_name == "rdp":
-            return rdp_epsilon(history, delta)
-        probe = create_accountant(self._accountant_name)
-        probe.history = list(history)
-        return float(probe.get_epsilon(delta=delta))
+        return epsilon_of(history, delta, accountant=self._accountant_name)
 
     def epsilon(self, delta: float | None = None) -> float:
         """ε spent so far at ``delta`` (default: the client's δ), pending steps included."""
