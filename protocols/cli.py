@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..dp.accounting import ACCOUNTANTS
 from ..errors import ConfigurationError, SecaggError
 from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
 
@@ -85,6 +86,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--delta", type=float, help=f"δ of the reported (ε, δ) (default {GENERAL['delta']:g})"
     )
     run.add_argument(
+        "--accountant",
+        choices=list(ACCOUNTANTS),
+        help="how ε is computed and σ planned (default auto: exact for full-batch recipes, "
+        "RDP for mini-batches)",
+    )
+    run.add_argument(
         "--dirichlet-alpha",
         help="Dirichlet α of the non-IID label partition, or 'iid'",
     )
@@ -139,6 +146,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "min_clients": args.min_clients,
         "clip": args.clip,
         "delta": args.delta,
+        "accountant": args.accountant,
         "dropout": args.dropout,
         "seed": args.seed,
         "local_epochs": args.local_epochs,

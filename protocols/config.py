@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..crypto.presets import get_preset
+from ..dp.accounting import ACCOUNTANTS
 from ..errors import ConfigurationError
 from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
 
@@ -52,6 +53,7 @@ class FederationConfig:
     noise_multiplier: float | None = GENERAL["noise_multiplier"]
     clip: float = GENERAL["clip"]
     delta: float = GENERAL["delta"]
+    accountant: str = GENERAL["accountant"]
     local_epochs: int = GENERAL["local_epochs"]
     batch_size: int = GENERAL["batch_size"]
     max_physical_batch_size: int = GENERAL["max_physical_batch_size"]
@@ -95,6 +97,8 @@ class FederationConfig:
             raise ConfigurationError("batch sizes must be at least 1")
         if not 0 < self.delta < 1:
             raise ConfigurationError("delta must be in (0, 1)")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
         if self.attention_noise_multiplier <= 0:
             raise ConfigurationError("attention_noise_multiplier must be positive")
         if self.max_examples is not None and self.max_examples < 1:

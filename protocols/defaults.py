@@ -51,6 +51,8 @@ GENERAL: MappingProxyType[str, Any] = MappingProxyType(
         "noise_multiplier": None,
         "clip": 1.0,
         "delta": 1e-5,
+        # Exact accounting for full-batch plans (see secagg.dp.accounting), RDP otherwise.
+        "accountant": "auto",
         "local_epochs": 1,
         # Full-batch DP-GD: at a fixed ε, one noisy step over all of a client's examples
         # has the least noise per unit of signal (Poisson rate q = 1, one step per epoch).

@@ -149,6 +149,7 @@ class RunPlan:
             max_grad_norm=config.clip,
             epochs_per_round=config.local_epochs,
             delta=config.delta,
+            accountant=config.accountant,
             epsilon_budget=config.epsilon,
             max_physical_batch_size=config.max_physical_batch_size,
             extra_noise_multipliers=extra,
@@ -187,6 +188,7 @@ def update_scale(config: FederationConfig, sizes: list[int]) -> float:
                 delta=config.delta,
                 sample_rate=1.0 / per_epoch,
                 steps=config.rounds * steps,
+                accountant=config.accountant,
                 extra_noise_multipliers=extra,
             )
         expected_batch = max(1, int(n / per_epoch))

@@ -155,8 +155,10 @@ class PrivateClient:
         Refuse any round that would take ε past this; defaults to ``target_epsilon``.
     max_physical_batch_size : int, optional
         Cap on the physical batch (Opacus ``BatchMemoryManager``).
-    accountant : {"rdp", "prv", "gdp"}, optional
-        Opacus accountant (default ``"rdp"``, evaluated at :data:`RDP_ORDERS`).
+    accountant : {"auto", "rdp", "prv", "gdp"}, optional
+        How ε is computed and σ planned (see :mod:`secagg.dp.accounting`). ``"auto"``
+        (default): exact for full-batch plans (``batch_size`` at least the client's
+        examples, as secagg's recipes use), RDP at :data:`RDP_ORDERS` otherwise.
     extra_noise_multipliers : sequence of float, optional
         Full-batch Gaussian releases planned on top of training (the attention analysis).
     randomness : {"secure", "deterministic"}, optional
@@ -184,7 +186,7 @@ class PrivateClient:
         delta: float = 1e-5,
         epsilon_budget: float | None = None,
         max_physical_batch_size: int | None = None,
-        accountant: str = "rdp",
+        accountant: str = "auto",
         extra_noise_multipliers: Sequence[float] = (),
         randomness: str = "secure",
     ) -> None:
@@ -271,7 +273,8 @@ class PrivateClient:
             loss_reduction="mean",
         )
         self._accountant_name = accountant
-        self._accountant = create_accountant(accountant)
+        # The ledger itself is Opacus's history of steps; "auto" keeps it in an RDP accountant.
+        self._accountant = create_accountant("rdp" if accountant == "auto" else accountant)
         self.optimizer.attach_step_hook(self._accountant.get_optimizer_hook_fn(sample_rate))
         self._global: dict[str, torch.Tensor] | None = None
         self._ledger_before_round: dict[str, Any] | None = None

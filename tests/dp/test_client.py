@@ -146,6 +146,24 @@ def test_reported_epsilon_equals_opacus_accountant() -> None:
     assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]
 
 
+def test_full_batch_client_plans_and_reports_exact_epsilon() -> None:
+    torch.manual_seed(3)
+    x, y = torch.randn(120, 4), torch.randint(0, 2, (120,))
+    plan = {"noise_multiplier": None, "target_epsilon": 4.0, "planned_rounds": 3}
+    exact = _client(nn.Linear(4, 2), x, y, batch_size=4096, **plan)
+    loose = _client(nn.Linear(4, 2), x, y, batch_size=4096, accountant="rdp", **plan)
+    assert exact.sample_rate == 1.0 and exact.noise_multiplier < 0.95 * loose.noise_multiplier
+    state = _state(exact.module)
+    for _ in range(3):
+        _train(exact, state)
+        exact.commit_round()
+    history = [tuple(h) for h in exact.accountant.history]
+    assert history == [(exact.noise_multiplier, 1.0, 3)]
+    # Spent exactly the target under the exact accountant; RDP would call it more.
+    assert exact.epsilon() == secagg.dp.accounting.gaussian_epsilon(history, exact.delta)
+    assert 3.99 < exact.epsilon() <= 4.0 < secagg.dp.accounting.rdp_epsilon(history, 1e-5)
+
+
 def test_target_epsilon_plans_sigma_once_for_the_whole_plan() -> None:
     sigma = plan_noise_multiplier(target_epsilon=2.0, delta=1e-5, sample_rate=0.1, steps=50)
     reached = _opacus_epsilon([(sigma, 0.1, 50)], 1e-5)

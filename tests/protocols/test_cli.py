@@ -56,6 +56,7 @@ def test_version_and_help() -> None:
         (["--clients", "abc"], "invalid int value"),
         (["--epsilon", "-1"], "epsilon must be positive"),
         (["--seed", "-3"], "seed must be in"),
+        (["--accountant", "moments"], "invalid choice: 'moments'"),
     ],
 )
 def test_bad_input_is_one_clean_line_and_exit_2(

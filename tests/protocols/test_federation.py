@@ -167,6 +167,7 @@ def test_attention_analysis_is_dp_noised_and_counted_in_the_ledger() -> None:
         {"epsilon": 3.0},  # both epsilon and noise_multiplier
         {"dataset": "nope"},
         {"server_optimizer": "sgd"},
+        {"accountant": "moments"},
     ],
 )
 def test_invalid_configuration_is_refused(changes: dict[str, Any]) -> None:
