@@ -1,7 +1,8 @@
 """What the accuracy benchmark runs beside secagg: honest versions of the alternatives.
 
 - :func:`mlp_dp_fedavg`: DP-FedAvg as one would write it with Opacus directly
-  (``PrivacyEngine.make_private``, its own σ planner and accountant), with a 64-64 tanh
+  (``PrivacyEngine.make_private``, its own σ planner and its tightest accountant, PRV,
+  as secagg's clients get exact accounting of their full-batch plans), with a 64-64 tanh
   MLP on the raw inputs (an L2-normalised bag of hashed tokens for text), on the very partitions the
   federation uses, at the same (ε, δ); the best of a small recipe grid, picked on the
   test split (which flatters this baseline, not secagg).
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -111,6 +113,23 @@ def mlp_dp_fedavg(config: FederationConfig, *, rounds: int = MLP_ROUNDS) -> dict
     return {"accuracy": best["accuracy"], "epsilon": best["epsilon"], "grid": results}
 
 
+@functools.lru_cache(maxsize=256)
+def _prv_noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """Opacus's σ planner with its PRV accountant (cached: clients often share a plan)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PRV's log(1 - q) at q = 1
+        return float(
+            get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant="prv",
+                epsilon_tolerance=0.005,
+            )
+        )
+
+
 def _run_mlp(
     config: FederationConfig,
     plan: RunPlan,
@@ -136,19 +155,14 @@ def _run_mlp(
             generator=torch.Generator().manual_seed(config.seed * 1000 + index),
         )
         steps = rounds * local_epochs * len(loader)
-        sigma = get_noise_multiplier(
-            target_epsilon=float(config.epsilon or 8.0),
-            target_delta=config.delta,
-            sample_rate=1.0 / len(loader),
-            steps=steps,
-            accountant="rdp",
-            epsilon_tolerance=0.005,
+        sigma = _prv_noise_multiplier(
+            float(config.epsilon or 8.0), config.delta, 1.0 / len(loader), steps
         )
         model = copy.deepcopy(global_model)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure_mode off: a benchmark, not a deployment
-            engine = PrivacyEngine(accountant="rdp")
+            engine = PrivacyEngine(accountant="prv")
             module, optimizer, loader = engine.make_private(
                 module=model,
                 optimizer=optimizer,
@@ -177,7 +191,9 @@ def _run_mlp(
         state = {k: state[k] + updates[k] for k in state}
     global_model.load_state_dict(state)
     accuracy, _ = evaluate(global_model, x_test, data.y_test)
-    epsilon = max(engine.get_epsilon(config.delta) for *_, engine, _ in clients)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        epsilon = max(engine.get_epsilon(config.delta) for *_, engine, _ in clients)
     return {"accuracy": float(accuracy), "epsilon": float(epsilon)}
 
 
