@@ -66,6 +66,7 @@ def _federated(config: Any) -> dict[str, Any]:
         row["attention"] = list(result.attention.weights)
         row["unit_names"] = list(result.attention.unit_names)
         row["noise_to_signal"] = result.attention.noise_to_signal
+        row["units_above_noise"] = result.attention.units_above_noise
     return row
 
 
@@ -103,6 +104,8 @@ def measure(dataset: str, *, seed: int) -> dict[str, Any]:
             importance = permutation_importance(central.model, *plan_data, seed=seed)
             attention["vs permutation importance"] = rank_agreement(released, importance)
         attention["noise_to_signal"] = rows["DP + HE"]["noise_to_signal"]
+        attention["units_above_noise"] = rows["DP + HE"]["units_above_noise"]
+        attention["units"] = len(released)
         attention["top5"] = [
             rows["DP + HE"]["unit_names"][i] for i in np.argsort(-np.asarray(released))[:5]
         ]
@@ -188,6 +191,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 ]
             ),
             "noise_to_signal": _mean([a["noise_to_signal"] for a in attention]),
+            "units above noise": _mean([a["units_above_noise"] for a in attention]),
+            "units": attention[0]["units"] if attention else 0,
             "top5": attention[0]["top5"] if attention else [],
             "top5 centralised": attention[0]["top5 centralised"] if attention else [],
         }
@@ -213,7 +218,9 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
         rho = s["spearman top20 vs centralised"]
         measured = (
             f"Spearman {rho:.2f} over its top 20 ({s['spearman vs centralised']:.2f} over all "
-            f"units), noise/signal {s['noise_to_signal']:.2f}; the reference across seeds: "
+            f"units), noise/signal {s['noise_to_signal']:.2f}, "
+            f"{s['units above noise']:.0f} of {s['units']} units above the noise; "
+            "the reference across seeds: "
             f"{_rho(s['reference vs itself top20'])}"
         )
         target = f"{dataset}: attention ranks the non-private reference's top units alike (ρ > 0.3)"
@@ -231,7 +238,7 @@ def markdown(runs: list[dict[str, Any]], seconds: float) -> str:
         "",
         "| dataset | DP + HE (ε) | non-private | gap | DP-FedAvg MLP | centralised | "
         "HE effect | DP + HE run s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, s in summary.items():
         lines.append(
@@ -244,15 +251,17 @@ def markdown(runs: list[dict[str, Any]], seconds: float) -> str:
         "",
         "## Attention analysis",
         "",
-        "| dataset | noise / signal | Spearman vs centralised: its top 20 / all units | "
+        "| dataset | noise / signal | units above the noise | "
+        "Spearman vs centralised: its top 20 / all units | "
         "centralised vs itself across seeds (top 20) | top-10 overlap | "
         "vs permutation importance | top 5 (DP, federated) | top 5 (centralised) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset, s in summary.items():
         perm = s["spearman vs permutation importance"]
         lines.append(
             f"| {dataset} | {s['noise_to_signal']:.2f} | "
+            f"{s['units above noise']:.0f} of {s['units']} | "
             f"{s['spearman top20 vs centralised']:.2f} / {s['spearman vs centralised']:.2f} | "
             f"{_rho(s['reference vs itself top20'])} | {s['top10 overlap']:.1f} | "
             f"{_rho(perm)} | {', '.join(s['top5'])} | "

@@ -8,8 +8,9 @@ the noisy sum through the same aggregation as the model updates, weighted by its
 example count. The key holder releases only the federation-wide mean map.
 
 With ``K`` contributors holding ``N`` examples in all and noise σ per client, each unit
-of the released mean carries noise of standard deviation ``sqrt(K)·σ / N``: the map
-reports it, and its ratio to the spread of the map across units.
+of the released mean carries noise of standard deviation ``sqrt(K)·σ / N``. The map
+reports it, its ratio to the spread of the attention itself across units (the noise's
+share of the released spread taken out), and how many units stand above the noise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ from .local import LocalClient, refused_report
 from .roundlog import ClientReport, RoundPlan
 
 __all__ = ["AttentionMap", "attention_round", "local_attention_rows"]
+
+#: Family-wise error rate of :attr:`AttentionMap.units_above_noise` (Bonferroni).
+FAMILY_WISE_ERROR = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,34 @@ class AttentionMap:
 
     @property
     def noise_to_signal(self) -> float:
-        """The noise's standard deviation over the spread (std) of the map across units."""
-        spread = float(np.std(self.weights)) if self.weights else 0.0
-        return self.noise_std / spread if spread > 0 else math.inf
+        """The noise's standard deviation over the spread of the attention across units.
+
+        The released map's variance across units is the attention's plus the noise's
+        (independent, ``noise_std²`` per unit), so the attention's spread is estimated as
+        ``sqrt(var(weights) - noise_std²)``. ``inf`` when the noise explains all of the
+        released spread (dividing by the noisy spread instead would never exceed 1, and
+        would call a map of pure noise "noise/signal 1").
+        """
+        if not self.weights:
+            return math.inf
+        attention_var = float(np.var(self.weights)) - self.noise_std**2
+        return self.noise_std / math.sqrt(attention_var) if attention_var > 0 else math.inf
+
+    @property
+    def units_above_noise(self) -> int:
+        """How many units' released attention is above zero beyond what the noise explains.
+
+        A one-sided test of each unit against zero at ``z = Φ⁻¹(1 - 0.05 / units)``
+        standard deviations of the noise (Bonferroni: a map of pure noise shows no unit
+        with probability 95%). Without noise, every unit with positive attention counts.
+        """
+        if not self.weights:
+            return 0
+        weights = np.asarray(self.weights, dtype=np.float64)
+        if self.noise_std == 0:
+            return int(np.count_nonzero(weights > 0))
+        z = NormalDist().inv_cdf(1.0 - FAMILY_WISE_ERROR / len(weights))
+        return int(np.count_nonzero(weights > z * self.noise_std))
 
 
 @torch.no_grad()

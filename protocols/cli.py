@@ -40,7 +40,8 @@ def _recipes_epilog() -> str:
     lines = ["recipes (the defaults an option given overrides):"]
     for name in DATASET_NAMES:
         dp = {**GENERAL, **RECIPES[name]}
-        lines.append(f"  {name:<16}{'DP:':<9}{describe(dp)}")
+        analysis = f", analysis σ {dp['attention_noise_multiplier']:g}"
+        lines.append(f"  {name:<16}{'DP:':<9}{describe(dp)}{analysis}")
         lines.append(f"  {'':<16}{'--no-dp:':<9}{describe({**dp, **NONPRIVATE_RECIPES[name]})}")
     return "\n".join(lines)
 
@@ -290,9 +291,15 @@ def _run(args: argparse.Namespace) -> int:
             f"{he_seconds:.2f}",
         )
     console.print(table)
-    if result.attention is not None and result.attention.weights:
-        top = ", ".join(f"{n} ({w:.3f})" for n, w in result.attention.top(5))
+    attention = result.attention
+    if attention is not None and attention.weights:
+        top = ", ".join(f"{n} ({w:.3f})" for n, w in attention.top(5))
         console.print(f"Top attended units (federation-wide, DP): {top}")
+        if attention.noise_multiplier:
+            console.print(
+                f"{attention.units_above_noise} of {len(attention.weights)} units stand above "
+                f"the DP noise (std {attention.noise_std:.1e} per unit, 5% family-wise)"
+            )
     spent = (
         f" at ε = {result.epsilon:.2f} (δ = {config.delta:g}, largest over clients, the "
         "attention analysis included)"

@@ -209,7 +209,9 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
             + (
                 f", DP-noised with σ = {sigma} per client (counted in each client's ε): "
                 f"noise std {attention.noise_std:.2e} per unit, "
-                f"{attention.noise_to_signal:.2f} of the map's spread across units"
+                f"{attention.noise_to_signal:.2f} of the attention's spread across units; "
+                f"{attention.units_above_noise} of {len(attention.weights)} units stand "
+                "above the noise (5% family-wise)"
                 if sigma
                 else " (no DP noise)"
             )
