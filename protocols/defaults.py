@@ -84,7 +84,14 @@ RECIPES: MappingProxyType[str, MappingProxyType[str, Any]] = _frozen(
         "digits": {"lr": 3.0, "local_epochs": 2, "rounds": 20},
         "breast_cancer": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
         "german_credit": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
-        "bbc_news": {"lr": 2.0, "local_epochs": 1, "rounds": 30},
+        # A map over 4,097 token buckets needs a quieter release than one over 16 patches:
+        # σ 1.5 leaves training σ 3.59 instead of 3.36, with no measured accuracy cost.
+        "bbc_news": {
+            "lr": 2.0,
+            "local_epochs": 1,
+            "rounds": 30,
+            "attention_noise_multiplier": 1.5,
+        },
         "rotten_tomatoes": {"lr": 6.0, "local_epochs": 1, "rounds": 30},
     }
 )
