@@ -238,7 +238,7 @@ def markdown(runs: list[dict[str, Any]], seconds: float) -> str:
         "",
         "| dataset | DP + HE (ε) | non-private | gap | DP-FedAvg MLP | centralised | "
         "HE effect | DP + HE run s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, s in summary.items():
         lines.append(

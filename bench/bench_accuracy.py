@@ -42,6 +42,24 @@ def test_breast_cancer_side_by_side_in_one_run() -> None:
     assert np.isnan(summary["reference vs itself top20"])
     report = markdown([run], 1.0)
     assert "## Targets" in report and "the reference across seeds: —" in report
+    _assert_tables_are_rectangular(report)
+
+
+def _assert_tables_are_rectangular(report: str) -> None:
+    """Every row of every Markdown table has as many cells as its header."""
+    tables: list[list[str]] = []
+    previous_was_row = False
+    for line in report.splitlines():
+        is_row = line.startswith("|")
+        if is_row and not previous_was_row:
+            tables.append([])
+        if is_row:
+            tables[-1].append(line)
+        previous_was_row = is_row
+    assert len(tables) == 3
+    for table in tables:
+        cells = [len(row.strip("|").split("|")) for row in table]
+        assert len(set(cells)) == 1, (table[0], cells)
 
 
 def test_rank_agreement_over_the_reference_top_units() -> None:
