@@ -31,6 +31,10 @@ class FeatureAttentionClassifier(nn.Module):
     ``logits = b + W (F w * x)``: uniform attention is plain logistic regression, and a
     feature with no attention has no say in the decision.
 
+    With the defaults every trainable weight starts at zero (uniform attention, zero
+    logits), so the model the data trains, and its attention map, do not depend on a
+    random initialisation.
+
     The defaults are what works under DP-SGD at the sizes of the bundled datasets (a
     few hundred rows split among 10 clients): a feature-level attention (one score per
     feature, ``F`` parameters) learned together with the head. ``score_scale`` gives the
@@ -104,7 +108,13 @@ class FeatureAttentionClassifier(nn.Module):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
             self.context = nn.Sequential(nn.Linear(num_features, attention_dim), nn.Tanh(), out)
+        # The head starts at zero, as the scores do: how a feature's weight in the decision
+        # splits between its attention and its head weight then follows from the data, not
+        # from a random draw (with a random head, two non-private runs ranked breast_cancer's
+        # features alike at ρ 0.23 over the top 20; from zero, at 0.96).
         self.head = nn.Linear(num_features, num_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.num_features:

@@ -200,3 +200,31 @@ def test_count_parameters_skips_frozen() -> None:
     total = count_parameters(model)
     model.head.weight.requires_grad_(False)
     assert count_parameters(model) == total - model.head.weight.numel()
+
+
+def _trained_feature_attention(seed: int, *, random_head: bool = False) -> torch.Tensor:
+    """The default tabular model, built under ``seed``, after 60 full-batch SGD steps on
+    fixed data; returns its attention over the features."""
+    data = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=data)
+    y = (x[:, 0] + 0.5 * x[:, 3] > 0).long()
+    torch.manual_seed(seed)
+    model = FeatureAttentionClassifier(8, 2)
+    if random_head:  # what nn.Linear's default initialisation would give
+        model.head.reset_parameters()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.attention_weights(x[:1]).detach()[0]
+
+
+def test_tabular_attention_follows_the_data_not_the_initialisation() -> None:
+    first, second = _trained_feature_attention(1), _trained_feature_attention(2)
+    assert torch.equal(first, second)
+    # The features that decide the label get the most attention.
+    assert set(torch.argsort(first, descending=True)[:2].tolist()) == {0, 3}
+    # A randomly initialised head would make the map depend on the draw.
+    drawn = _trained_feature_attention(1, random_head=True)
+    assert not torch.allclose(drawn, _trained_feature_attention(2, random_head=True))
