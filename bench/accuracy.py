@@ -41,6 +41,7 @@ from secagg.protocols import Federation
 from secagg.protocols.config import default_config
 from secagg.protocols.defaults import DATASET_NAMES
 
+from ._markdown import table
 from .references import (
     central_reference,
     mlp_dp_fedavg,
@@ -231,45 +232,80 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
 def markdown(runs: list[dict[str, Any]], seconds: float) -> str:
     """The report: accuracy, HE effect, attention agreement and targets."""
     summary = summarise(runs)
+    accuracy = table(
+        [
+            "dataset",
+            "DP + HE (ε)",
+            "non-private",
+            "gap",
+            "DP-FedAvg MLP",
+            "centralised",
+            "HE effect",
+            "DP + HE run s",
+        ],
+        [
+            [
+                dataset,
+                f"{s['DP + HE']:.3f} ({s['epsilon']:.2f})",
+                f"{s['non-private']:.3f}",
+                f"{100 * (s['DP + HE'] - s['non-private']):+.1f}",
+                f"{s['MLP']:.3f}",
+                f"{s['centralised']:.3f}",
+                f"{100 * s['HE effect (max)']:.2f} pt",
+                f"{s['seconds DP + HE']:.0f}",
+            ]
+            for dataset, s in summary.items()
+        ],
+    )
+    attention = table(
+        [
+            "dataset",
+            "noise / signal",
+            "units above the noise",
+            "Spearman vs centralised: its top 20 / all units",
+            "centralised vs itself across seeds (top 20)",
+            "top-10 overlap",
+            "vs permutation importance",
+            "top 5 (DP, federated)",
+            "top 5 (centralised)",
+        ],
+        [
+            [
+                dataset,
+                f"{s['noise_to_signal']:.2f}",
+                f"{s['units above noise']:.0f} of {s['units']}",
+                f"{s['spearman top20 vs centralised']:.2f} / {s['spearman vs centralised']:.2f}",
+                _rho(s["reference vs itself top20"]),
+                f"{s['top10 overlap']:.1f}",
+                _rho(s["spearman vs permutation importance"]),
+                ", ".join(s["top5"]),
+                ", ".join(s["top5 centralised"]),
+            ]
+            for dataset, s in summary.items()
+        ],
+    )
+    verdicts = table(
+        ["target", "measured", "verdict"],
+        [
+            [target, measured, "met" if met else "**missed**"]
+            for target, measured, met in targets(summary)
+        ],
+    )
     lines = [
         "# Accuracy, side by side",
         "",
         f"10 clients, Dirichlet α = 1, δ = 1e-5; mean over seeds; {seconds:.0f} s in all.",
         "",
-        "| dataset | DP + HE (ε) | non-private | gap | DP-FedAvg MLP | centralised | "
-        "HE effect | DP + HE run s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for dataset, s in summary.items():
-        lines.append(
-            f"| {dataset} | {s['DP + HE']:.3f} ({s['epsilon']:.2f}) | {s['non-private']:.3f} | "
-            f"{100 * (s['DP + HE'] - s['non-private']):+.1f} | {s['MLP']:.3f} | "
-            f"{s['centralised']:.3f} | {100 * s['HE effect (max)']:.2f} pt | "
-            f"{s['seconds DP + HE']:.0f} |"
-        )
-    lines += [
+        *accuracy,
         "",
         "## Attention analysis",
         "",
-        "| dataset | noise / signal | units above the noise | "
-        "Spearman vs centralised: its top 20 / all units | "
-        "centralised vs itself across seeds (top 20) | top-10 overlap | "
-        "vs permutation importance | top 5 (DP, federated) | top 5 (centralised) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *attention,
+        "",
+        "## Targets",
+        "",
+        *verdicts,
     ]
-    for dataset, s in summary.items():
-        perm = s["spearman vs permutation importance"]
-        lines.append(
-            f"| {dataset} | {s['noise_to_signal']:.2f} | "
-            f"{s['units above noise']:.0f} of {s['units']} | "
-            f"{s['spearman top20 vs centralised']:.2f} / {s['spearman vs centralised']:.2f} | "
-            f"{_rho(s['reference vs itself top20'])} | {s['top10 overlap']:.1f} | "
-            f"{_rho(perm)} | {', '.join(s['top5'])} | "
-            f"{', '.join(s['top5 centralised'])} |"
-        )
-    lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
-    for target, measured, met in targets(summary):
-        lines.append(f"| {target} | {measured} | {'met' if met else '**missed**'} |")
     return "\n".join(lines) + "\n"
 
 
