@@ -13,7 +13,14 @@ from typing import Any
 from .. import __version__
 from ..dp.accounting import ACCOUNTANTS
 from ..errors import ConfigurationError, SecaggError
-from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
+from .defaults import (
+    CLIENT_OPTIMIZERS,
+    DATASET_NAMES,
+    GENERAL,
+    NONPRIVATE_RECIPES,
+    RECIPES,
+    SERVER_OPTIMIZERS,
+)
 
 __all__ = ["main"]
 
@@ -107,7 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="expected (Poisson) batch size (default: the recipe; DP: the whole client)",
     )
     run.add_argument("--lr", type=float, help="client learning rate (default: the recipe)")
-    run.add_argument("--client-optimizer", choices=["sgd", "adam"])
+    run.add_argument("--client-optimizer", choices=list(CLIENT_OPTIMIZERS))
     run.add_argument("--server-optimizer", choices=list(SERVER_OPTIMIZERS))
     run.add_argument("--server-lr", type=float, help="server learning rate")
     run.add_argument("--preset", help="CKKS parameter preset (default: default)")

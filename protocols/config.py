@@ -12,11 +12,16 @@ from typing import Any
 from ..crypto.presets import get_preset
 from ..dp.accounting import ACCOUNTANTS
 from ..errors import ConfigurationError
-from .defaults import DATASET_NAMES, GENERAL, NONPRIVATE_RECIPES, RECIPES, SERVER_OPTIMIZERS
+from .defaults import (
+    CLIENT_OPTIMIZERS,
+    DATASET_NAMES,
+    GENERAL,
+    NONPRIVATE_RECIPES,
+    RECIPES,
+    SERVER_OPTIMIZERS,
+)
 
 __all__ = ["FederationConfig", "client_id", "default_config"]
-
-_CLIENT_OPTIMIZERS = ("sgd", "adam")
 
 
 def client_id(index: int) -> str:
@@ -103,8 +108,8 @@ class FederationConfig:
             raise ConfigurationError("attention_noise_multiplier must be positive")
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigurationError("max_examples must be positive (or None for all)")
-        if self.client_optimizer not in _CLIENT_OPTIMIZERS:
-            raise ConfigurationError(f"client_optimizer must be one of {_CLIENT_OPTIMIZERS}")
+        if self.client_optimizer not in CLIENT_OPTIMIZERS:
+            raise ConfigurationError(f"client_optimizer must be one of {CLIENT_OPTIMIZERS}")
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ConfigurationError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}")
         if self.model_overrides is not None and not all(

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CLIENT_OPTIMIZERS",
     "DATASET_NAMES",
     "DEFAULT_DATASET",
     "GENERAL",
@@ -30,6 +31,8 @@ DATASET_NAMES: tuple[str, ...] = (
     "rotten_tomatoes",
     "german_credit",
 )
+#: Client optimisers (see :func:`secagg.protocols.local.make_optimizer`).
+CLIENT_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 #: Server optimisers (see :mod:`secagg.protocols.server_opt`).
 SERVER_OPTIMIZERS: tuple[str, ...] = ("fedavg", "fedadam", "momentum")
 DEFAULT_DATASET = "mnist"
