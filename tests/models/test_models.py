@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -81,9 +82,15 @@ def test_default_models_are_valid_for_opacus_and_small(name: str) -> None:
     assert 50 < count_parameters(model) < 10_000
 
 
-@pytest.mark.parametrize("kind", sorted(SMALL_MODELS))
+def _sublinear_text() -> TextAttentionClassifier:
+    return TextAttentionClassifier(
+        12, 3, max_len=8, embed_dim=16, key_dim=8, bucket_scores=True, sublinear_tf=True
+    )
+
+
+@pytest.mark.parametrize("kind", [*sorted(SMALL_MODELS), "text_sublinear"])
 def test_per_sample_gradients_equal_a_per_example_loop(kind: str) -> None:
-    build, batch = SMALL_MODELS[kind]
+    build, batch = SMALL_MODELS.get(kind, (_sublinear_text, _token_batch))
     model = _trained(build())
     reference = copy.deepcopy(model)
     inputs = batch()
@@ -143,6 +150,35 @@ def test_text_unit_attention_adds_position_weights_up_by_token() -> None:
     assert buckets[1, 3] == pytest.approx(float(positions[1, 0] + positions[1, 1]))
     assert (buckets[:, 0] == 0).all()  # padding's bucket
     torch.testing.assert_close(buckets.sum(dim=1), positions.sum(dim=1))
+
+
+def test_text_model_starts_from_zero_logits() -> None:
+    # Head and scorer output start at zero: the first DP steps learn from the data rather
+    # than undo a random draw.
+    torch.manual_seed(3)
+    logits = TextAttentionClassifier(12, 3, max_len=8, embed_dim=16, key_dim=8)(_token_batch())
+    assert torch.equal(logits, torch.zeros_like(logits))
+
+
+def test_sublinear_tf_weighs_a_repeated_word_as_one_plus_log_count() -> None:
+    ids = torch.tensor([[3, 5, 3, 3, 7, 3], [4, 4, 0, 0, 0, 0]])
+    mass = _sublinear_text().unit_attention(ids)
+    # Uniform scores: word 3 (4 times) weighs 1 + log 4 single occurrences, not 4.
+    assert float(mass[0, 3] / mass[0, 5]) == pytest.approx(1 + math.log(4))
+    assert float(mass[0, 7] / mass[0, 5]) == pytest.approx(1.0)
+    torch.testing.assert_close(mass.sum(dim=1), torch.ones(2))
+    assert float(mass[1, 4]) == pytest.approx(1.0)
+    assert (mass[:, 0] == 0).all()  # padding
+    # Learned scores act on top of the weighting: same weights, word 3's mass relative to
+    # word 5's changes by exactly (1 + log 4) / 4.
+    plain = _trained(_small_text())
+    weighted = _sublinear_text()
+    weighted.load_state_dict(plain.state_dict())
+    ratio = weighted.unit_attention(ids)[0] / plain.unit_attention(ids)[0]
+    assert float(ratio[3] / ratio[5]) == pytest.approx((1 + math.log(4)) / 4)
+    # Trailing padding changes nothing.
+    padded = torch.cat([ids, torch.zeros(2, 2, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(weighted(padded), weighted(ids))
 
 
 def test_the_attention_is_what_the_prediction_rests_on() -> None:
