@@ -86,7 +86,7 @@ def load_checkpoint(
     ------
     CheckpointError
         If the file is missing, unreadable, fails its checksum, or belongs to a
-        run with another configuration.
+        run with another configuration or model.
     """
     try:
         data = Path(path).read_bytes()
@@ -110,7 +110,9 @@ def load_checkpoint(
     if len(frame.chunks) != 2:
         raise CheckpointError(f"checkpoint {path} is missing its model state")
     if config_digest is not None and digest != config_digest:
-        raise CheckpointError(f"checkpoint {path} belongs to a run with another configuration")
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a run with another configuration or model"
+        )
     try:
         global_state = torch.load(io.BytesIO(frame.chunks[0]), weights_only=True)
         server_optimizer = torch.load(io.BytesIO(frame.chunks[1]), weights_only=True)

@@ -248,7 +248,7 @@ class Federation:
         save_checkpoint(
             path,
             Checkpoint(
-                config_digest=self.config.digest(),
+                config_digest=self.plan.digest,
                 rounds_completed=rounds_completed,
                 global_state=state["global_state"],
                 server_optimizer=state["server_optimizer"],
@@ -273,7 +273,7 @@ class Federation:
         path = self.checkpoint_path
         if path is None or not path.exists():
             raise CheckpointError("nothing to resume: no checkpoint in the output directory")
-        checkpoint = load_checkpoint(path, config_digest=self.config.digest())
+        checkpoint = load_checkpoint(path, config_digest=self.plan.digest)
         self.coordinator.load_state_dict(
             {
                 "global_state": checkpoint.global_state,

@@ -8,6 +8,8 @@ same data with the same recipe.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +72,21 @@ class RunPlan:
         config = self.config
         sigma = config.attention_noise_multiplier if config.dp else 0.0
         return 1.0 + NOISE_TAIL * float(sigma) / self.weight_bound
+
+    @property
+    def digest(self) -> str:
+        """What a checkpoint of this run must match: the configuration and the model.
+
+        :meth:`FederationConfig.digest` covers every option; the model's kind and every
+        constructor argument cover what a library upgrade can change under the same options
+        (weights trained by a text model that weighed its tokens otherwise must not resume).
+        """
+        model = {
+            "kind": self.dataset.kind,
+            "kwargs": {**self.dataset.default_model_kwargs, **(self.config.model_overrides or {})},
+        }
+        text = json.dumps({"config": self.config.digest(), "model": model}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def client_ids(self) -> list[str]:

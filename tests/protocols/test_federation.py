@@ -13,7 +13,7 @@ from _tiny import release_std, tiny_config
 import secagg
 import secagg.dp.client
 from secagg.errors import CheckpointError, ConfigurationError
-from secagg.protocols import Federation, FederationConfig, load_checkpoint
+from secagg.protocols import Federation, FederationConfig, datasets, load_checkpoint
 from secagg.protocols.local import train_round
 
 pytestmark = [
@@ -125,7 +125,7 @@ def test_resume_continues_without_losing_rounds_or_privacy(tmp_path: Path) -> No
 
     first = Federation(config, out_dir=tmp_path)
     first.run(stop_after=1)
-    checkpoint = load_checkpoint(tmp_path / "checkpoint.secagg", config_digest=config.digest())
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.secagg", config_digest=first.plan.digest)
     assert checkpoint.rounds_completed == 1
     resumed = Federation(config, out_dir=tmp_path).run(resume=True)
 
@@ -142,6 +142,23 @@ def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
     other = dataclasses.replace(config, seed=9)
     with pytest.raises(CheckpointError, match="another configuration"):
         Federation(other, out_dir=tmp_path).run(resume=True)
+
+
+def test_resume_refuses_weights_of_another_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same options, but the library now builds the model with other arguments (an upgrade
+    # that changed a default): the old weights must not continue under the new model.
+    config = tiny(rounds=1, he=False, dp=False, noise_multiplier=None)
+    Federation(config, out_dir=tmp_path).run()
+    build = datasets._model_kwargs
+
+    def changed(*args: Any) -> dict[str, Any]:
+        return {**build(*args), "score_bound": 2.0}
+
+    monkeypatch.setattr(datasets, "_model_kwargs", changed)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        Federation(config, out_dir=tmp_path).run(resume=True)
 
 
 def test_attention_analysis_is_dp_noised_and_counted_in_the_ledger() -> None:
