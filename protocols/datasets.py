@@ -710,6 +710,7 @@ def _model_kwargs(
             "key_dim": 64,
             "attention_dim": 8,
             "bucket_scores": False,
+            "sublinear_tf": True,
             "score_scale": 1.0,
             "score_bound": 4.0,
             "padding_idx": 0,
