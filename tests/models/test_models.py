@@ -221,6 +221,7 @@ def test_forward_rejects_bad_inputs() -> None:
         lambda: FeatureAttentionClassifier(4, 2, attention_dim=-1),
         lambda: TextAttentionClassifier(10, 2, max_len=0),
         lambda: TextAttentionClassifier(10, 2, max_len=8, score_bound=float("nan")),
+        lambda: TextAttentionClassifier(10, 2, sublinear_tf=1),  # type: ignore[arg-type]
         lambda: VisionAttentionClassifier(8, 2, patch_size=3),
         lambda: VisionAttentionClassifier(8, 0),
         lambda: VisionAttentionClassifier(8, 2, orientations=0),
