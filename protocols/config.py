@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..crypto.presets import get_preset
-from ..dp.accounting import ACCOUNTANTS
+from ..dp.accounting import check_accountant
 from ..errors import ConfigurationError
 from .defaults import (
     CLIENT_OPTIMIZERS,
@@ -102,8 +102,7 @@ class FederationConfig:
             raise ConfigurationError("batch sizes must be at least 1")
         if not 0 < self.delta < 1:
             raise ConfigurationError("delta must be in (0, 1)")
-        if self.accountant not in ACCOUNTANTS:
-            raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
+        check_accountant(self.accountant)
         if self.attention_noise_multiplier <= 0:
             raise ConfigurationError("attention_noise_multiplier must be positive")
         if self.max_examples is not None and self.max_examples < 1:

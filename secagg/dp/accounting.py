@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCOUNTANTS",
     "RDP_ORDERS",
+    "check_accountant",
     "epsilon_of",
     "gaussian_epsilon",
     "plan_noise_multiplier",
@@ -43,6 +44,13 @@ ACCOUNTANTS = ("auto", "rdp", "prv", "gdp")
 #: The Rényi orders of secagg's RDP accounting: dense where ε ≈ 1–10 is decided, integer
 #: beyond (Mironov, Talwar and Zhang 2019 give exact integer-order bounds, cheaply).
 RDP_ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, *range(2, 65), 80, 96, 128, 256)
+
+
+def check_accountant(accountant: str) -> None:
+    """Raise :class:`~secagg.errors.ConfigurationError` unless ``accountant`` is one of
+    :data:`ACCOUNTANTS`."""
+    if accountant not in ACCOUNTANTS:
+        raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -115,8 +123,7 @@ def epsilon_of(
     history: Sequence[tuple[float, float, int]], delta: float, *, accountant: str = "auto"
 ) -> float:
     """ε at ``delta`` of ``history`` under ``accountant`` (0 for an empty history)."""
-    if accountant not in ACCOUNTANTS:
-        raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
+    check_accountant(accountant)
     if not history:
         return 0.0
     if accountant == "auto":
@@ -163,8 +170,7 @@ def plan_noise_multiplier(
         and steps >= 1
     ):
         raise ConfigurationError("need target_epsilon > 0, 0 < delta < 1, 0 < q <= 1, steps >= 1")
-    if accountant not in ACCOUNTANTS:
-        raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
+    check_accountant(accountant)
     extras = [(float(s), 1.0, 1) for s in extra_noise_multipliers]
 
     def epsilon_for(sigma: float) -> float:

@@ -58,8 +58,8 @@ from ..errors import (
     UpdateValueError,
 )
 from .accounting import (
-    ACCOUNTANTS,
     RDP_ORDERS,
+    check_accountant,
     epsilon_of,
     plan_noise_multiplier,
     rdp_epsilon,
@@ -194,8 +194,7 @@ class PrivateClient:
             raise ConfigurationError("module must be a torch.nn.Module and optimizer an Optimizer")
         if not isinstance(data_loader, DataLoader):
             raise ConfigurationError("data_loader must be a torch DataLoader")
-        if accountant not in ACCOUNTANTS:
-            raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}")
+        check_accountant(accountant)
         if randomness not in RANDOMNESS:
             raise ConfigurationError(f"randomness must be one of {RANDOMNESS}")
         if not _positive(max_grad_norm) or not 0 < delta < 1 or not _count(epochs_per_round):
