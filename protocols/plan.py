@@ -81,10 +81,7 @@ class RunPlan:
         constructor argument cover what a library upgrade can change under the same options
         (weights trained by a text model that weighed its tokens otherwise must not resume).
         """
-        model = {
-            "kind": self.dataset.kind,
-            "kwargs": {**self.dataset.default_model_kwargs, **(self.config.model_overrides or {})},
-        }
+        model = {"kind": self.dataset.kind, "kwargs": self.model_kwargs}
         text = json.dumps({"config": self.config.digest(), "model": model}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -93,15 +90,19 @@ class RunPlan:
         """Every client's id, in partition order."""
         return [client_id(i) for i in range(self.config.clients)]
 
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """Every constructor argument of the run's model: the dataset's defaults with
+        ``config.model_overrides`` applied."""
+        return {**self.dataset.default_model_kwargs, **(self.config.model_overrides or {})}
+
     def build_model(self) -> nn.Module:
         """The dataset's default model with ``config.model_overrides`` applied."""
         model = self.dataset.default_model()
-        overrides = self.config.model_overrides
-        if not overrides:
+        if not self.config.model_overrides:
             return model
-        kwargs = {**self.dataset.default_model_kwargs, **overrides}
         try:
-            return type(model)(**kwargs)
+            return type(model)(**self.model_kwargs)
         except TypeError as exc:
             raise ConfigurationError(f"invalid model override: {exc}") from None
 
