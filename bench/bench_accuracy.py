@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import markdown, measure, reference_stability, summarise
+from bench.accuracy import markdown, measure, reference_stability, summarise, targets
 from bench.references import rank_agreement
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -85,3 +85,32 @@ def test_reference_stability_ranks_each_seed_against_the_others() -> None:
     # Each map orders the other's top 20 in reverse: ρ = -1 both ways.
     assert reference_stability([same, reversed_top]) == pytest.approx(-1.0)
     assert np.isnan(reference_stability([same]))
+
+
+def _synthetic_run(seed: int, *, with_he: float, without_he: float) -> dict[str, object]:
+    """One seed's rows, as :func:`bench.accuracy.measure` returns them (no attention)."""
+    rows = {
+        name: {"accuracy": 0.97, "epsilon": 8.0, "seconds": 1.0}
+        for name in ("DP + HE", "non-private", "DP-FedAvg MLP (Opacus)", "centralised, non-private")
+    }
+    rows["DP + HE, seeded noise"] = {"accuracy": with_he, "seconds": 1.0}
+    rows["DP, seeded noise"] = {"accuracy": without_he, "seconds": 1.0}
+    return {"dataset": "breast_cancer", "seed": seed, "rows": rows, "attention": {}}
+
+
+def test_he_effect_is_judged_on_the_mean_over_seeds_and_reports_the_largest() -> None:
+    one_example = 1 / 114  # one of breast_cancer's test examples: 0.88 point
+    runs = [_synthetic_run(0, with_he=0.97, without_he=0.97 - one_example)]
+    runs += [_synthetic_run(s, with_he=0.97, without_he=0.97) for s in range(1, 10)]
+    summary = summarise(runs)["breast_cancer"]
+    assert summary["HE effect (max)"] == pytest.approx(one_example)
+    assert summary["HE effect (mean)"] == pytest.approx(one_example / 10)
+    (verdict,) = [t for t in targets(summarise(runs)) if "HE changes" in t[0]]
+    assert verdict[2] and "mean over 10 seeds; largest 0.88" in verdict[1]
+    # An effect of a whole example on every seed is one, and is judged so (absolute values:
+    # a gain on one seed cannot hide a loss on another).
+    runs = [
+        _synthetic_run(s, with_he=0.97, without_he=0.97 + (-1) ** s * one_example) for s in range(4)
+    ]
+    (verdict,) = [t for t in targets(summarise(runs)) if "HE changes" in t[0]]
+    assert not verdict[2]
