@@ -39,9 +39,14 @@ class FeatureAttentionClassifier(nn.Module):
     few hundred rows split among 10 clients): a feature-level attention (one score per
     feature, ``F`` parameters) learned together with the head. ``score_scale`` gives the
     scores a larger share of each clipped per-example gradient, so the attention learns
-    at the pace of the head instead of staying near uniform. The example-dependent
-    scorers add noisy parameters; at these sizes their maps agreed less with
-    non-private references (see the research notes), so they are off by default.
+    at the pace of the head instead of staying near uniform. ``score_bound`` 1.5 lets two
+    features' weights differ by a factor of up to ``exp(3)`` (about 20): enough to rank
+    every feature, while the few features the noisy scores favour early cannot take over
+    the decision (with bound 3, over 20 seeds of breast_cancer at ε = 8, the federated
+    maps agreed with the centralised one at Spearman ρ 0.25 instead of 0.41, at equal
+    accuracy). The example-dependent scorers add noisy parameters; at these sizes they
+    cost accuracy (8 seeds at ε = 8: breast_cancer 0.969 with ``value_scores`` and 0.966
+    with ``attention_dim=4``, against 0.975), so they are off by default.
 
     Inputs are squashed with ``input_clip * tanh(x / input_clip)``, so a single
     outlying value cannot dominate a per-example gradient. All trainable layers are
@@ -79,7 +84,7 @@ class FeatureAttentionClassifier(nn.Module):
         attention_dim: int = 0,
         value_scores: bool = False,
         score_scale: float = 8.0,
-        score_bound: float = 3.0,
+        score_bound: float = 1.5,
         input_clip: float = 3.0,
     ) -> None:
         super().__init__()

@@ -698,7 +698,7 @@ def _model_kwargs(
             "attention_dim": 0,
             "value_scores": False,
             "score_scale": 8.0,
-            "score_bound": 3.0,
+            "score_bound": 1.5,
             "input_clip": 3.0,
         }
     if kind == "text":
