@@ -128,8 +128,9 @@ class Dataset:
         Name of each label id.
     unit_names : tuple of str
         Names of the units the default model attends over: encoded feature names for
-        tabular data (``"purpose=car"``), ``"pos 0"`` .. ``"pos L-1"`` for text,
-        ``"patch (r, c)"`` for the default patch grid of images.
+        tabular data (``"purpose=car"``), ``"<pad>"`` then ``"bucket 1"`` ..
+        ``"bucket 4096"`` (the tokenizer's hash buckets) for text, ``"patch (r, c)"`` for the
+        default patch grid of images.
     input_shape : tuple of int
         Shape of one example (``x_train.shape[1:]``).
     default_model_kwargs : Mapping[str, Any]
