@@ -84,20 +84,63 @@ class AttentionMap:
         return self.noise_std / math.sqrt(attention_var) if attention_var > 0 else math.inf
 
     @property
-    def units_above_noise(self) -> int:
-        """How many units' released attention is above zero beyond what the noise explains.
+    def noise_threshold(self) -> float:
+        """What a unit's released attention must exceed to stand above the noise.
 
         A one-sided test of each unit against zero at ``z = Φ⁻¹(1 - 0.05 / units)``
         standard deviations of the noise (Bonferroni: a map of pure noise shows no unit
-        with probability 95%). Without noise, every unit with positive attention counts.
+        with probability 95%). ``0.0`` without noise (any positive attention counts).
+        """
+        if not self.weights or self.noise_std == 0:
+            return 0.0
+        z = NormalDist().inv_cdf(1.0 - FAMILY_WISE_ERROR / len(self.weights))
+        return z * self.noise_std
+
+    def above_noise(self, weight: float) -> bool:
+        """Whether a released weight stands above the noise (:attr:`noise_threshold`)."""
+        return weight > self.noise_threshold
+
+    @property
+    def units_above_noise(self) -> int:
+        """How many units' released attention is above zero beyond what the noise explains
+        (:meth:`above_noise`)."""
+        weights = np.asarray(self.weights, dtype=np.float64)
+        return int(np.count_nonzero(weights > self.noise_threshold))
+
+    @property
+    def all_within_noise(self) -> bool:
+        """Whether the map was noised and no unit stands above the noise: it ranks nothing."""
+        return bool(self.weights) and self.noise_std > 0 and self.units_above_noise == 0
+
+    def describe(self, k: int = 5) -> list[str]:
+        """What a reader should be told first: the top ``k`` units, each marked when the
+        noise could explain it, and how many units stand above the noise.
+
+        When no unit does, the map cannot rank its units, and the lines say so before
+        naming any (a list of the largest noisy values reads as a finding otherwise).
         """
         if not self.weights:
-            return 0
-        weights = np.asarray(self.weights, dtype=np.float64)
-        if self.noise_std == 0:
-            return int(np.count_nonzero(weights > 0))
-        z = NormalDist().inv_cdf(1.0 - FAMILY_WISE_ERROR / len(weights))
-        return int(np.count_nonzero(weights > z * self.noise_std))
+            return [self.note or "no attention map was released"]
+        if self.all_within_noise:
+            values = ", ".join(f"{name} ({weight:.3f})" for name, weight in self.top(k))
+            return [
+                f"No unit stands above the DP noise (std {self.noise_std:.1e} per unit, 5% "
+                f"family-wise): this map cannot rank its {len(self.weights)} units at this "
+                "privacy level.",
+                f"Its largest released values, all within the noise: {values}",
+            ]
+        top = ", ".join(
+            f"{name} ({weight:.3f}{'' if self.above_noise(weight) else ', within the noise'})"
+            for name, weight in self.top(k)
+        )
+        noisy = self.noise_std > 0
+        lines = [f"Top attended units (federation-wide{', DP' if noisy else ''}): {top}"]
+        if noisy:
+            lines.append(
+                f"{self.units_above_noise} of {len(self.weights)} units stand above the DP "
+                f"noise (std {self.noise_std:.1e} per unit, 5% family-wise)"
+            )
+        return lines
 
 
 @torch.no_grad()

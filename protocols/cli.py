@@ -300,13 +300,8 @@ def _run(args: argparse.Namespace) -> int:
     console.print(table)
     attention = result.attention
     if attention is not None and attention.weights:
-        top = ", ".join(f"{n} ({w:.3f})" for n, w in attention.top(5))
-        console.print(f"Top attended units (federation-wide, DP): {top}")
-        if attention.noise_multiplier:
-            console.print(
-                f"{attention.units_above_noise} of {len(attention.weights)} units stand above "
-                f"the DP noise (std {attention.noise_std:.1e} per unit, 5% family-wise)"
-            )
+        for line in attention.describe(5):
+            console.print(line, markup=False)
     spent = (
         f" at ε = {result.epsilon:.2f} (δ = {config.delta:g}, largest over clients, the "
         "attention analysis included)"

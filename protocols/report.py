@@ -135,7 +135,19 @@ def _plot_attention(result: RunResult, path: Path) -> Path:
     else:
         top = attention.top(15)
         ax.barh([n for n, _ in reversed(top)], [w for _, w in reversed(top)])
-        ax.set(xlabel="mean attention weight", title="Top attended units (federation-wide)")
+        title = "Top attended units (federation-wide)"
+        if attention.all_within_noise:
+            title += ": all within the DP noise"
+        ax.set(xlabel="mean attention weight", title=title)
+        if attention.noise_std > 0:
+            ax.axvline(
+                attention.noise_threshold,
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="above the DP noise beyond this (5% family-wise)",
+            )
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize="small")
     return _finish(fig, path)
 
 
@@ -215,12 +227,20 @@ def _write_markdown(result: RunResult, rounds: Sequence[dict[str, Any]], path: P
                 if sigma
                 else " (no DP noise)"
             )
-            + ". Top units:",
+            + ".",
             "",
-            "| unit | mean attention |",
-            "|---|---|",
         ]
-        lines += [f"| {name} | {weight:.4f} |" for name, weight in attention.top(10)]
+        if attention.all_within_noise:
+            lines += [
+                "**No unit stands above the noise: this map cannot rank its units at this "
+                "privacy level, and the order below is the noise's.**",
+                "",
+            ]
+        lines += ["Top units:", "", "| unit | mean attention | above the noise |", "|---|---|---|"]
+        lines += [
+            f"| {name} | {weight:.4f} | {'yes' if attention.above_noise(weight) else 'no'} |"
+            for name, weight in attention.top(10)
+        ]
     else:
         lines += ["", attention.note if attention is not None else "Not run."]
     lines += ["", "![attention](attention.png)", ""]
