@@ -44,9 +44,10 @@ class FeatureAttentionClassifier(nn.Module):
     every feature, while the few features the noisy scores favour early cannot take over
     the decision (with bound 3, over 20 seeds of breast_cancer at ε = 8, the federated
     maps agreed with the centralised one at Spearman ρ 0.25 instead of 0.41, at equal
-    accuracy). The example-dependent scorers add noisy parameters; at these sizes they
-    cost accuracy (8 seeds at ε = 8: breast_cancer 0.969 with ``value_scores`` and 0.966
-    with ``attention_dim=4``, against 0.975), so they are off by default.
+    accuracy; one seed's ρ ranges from about -0.3 to 0.6). The example-dependent scorers
+    add noisy parameters; at these sizes they cost accuracy (8 seeds at ε = 8, with bound
+    3: breast_cancer 0.969 with ``value_scores`` and 0.966 with ``attention_dim=4``, against
+    0.975), so they are off by default.
 
     Inputs are squashed with ``input_clip * tanh(x / input_clip)``, so a single
     outlying value cannot dominate a per-example gradient. All trainable layers are
