@@ -442,7 +442,8 @@ class FlowerServer:
             self._write_output(finished=False)
         if config.attention_analysis:
             attention = self.coordinator.run_attention()
-            log(INFO, "secagg attention analysis: %s", attention.top(5) or attention.note)
+            for line in attention.describe(5):
+                log(INFO, "secagg attention analysis: %s", line)
         self.transport.settle_remaining()
         self._write_output(finished=True)
         return RunResult(
